@@ -1,0 +1,240 @@
+"""Model hyperparameters, named presets, and the two-way mapping to Hugging Face config.json.
+
+One frozen `ModelConfig` describes the decoder-only family we support: Qwen2/Qwen2.5 (q/k/v
+bias), Qwen3 (q/k RMSNorm, explicit head_dim) and Llama 3.x (Llama-3 RoPE scaling). It is
+hashable, so it can be a static argument of `jax.jit`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any
+
+ARCHITECTURES = {  # model_type -> HF architectures entry
+    "qwen2": "Qwen2ForCausalLM",
+    "qwen3": "Qwen3ForCausalLM",
+    "llama": "LlamaForCausalLM",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    vocab_size: int
+    d_model: int  # D
+    n_layers: int  # L
+    n_heads: int  # H (query heads)
+    n_kv_heads: int  # K (key/value heads; H % K == 0)
+    head_dim: int  # Dh
+    d_ff: int  # F (SwiGLU hidden size)
+    arch: str = "qwen2"  # "qwen2" | "qwen3" | "llama": only affects export and defaults
+    rope_theta: float = 10_000.0
+    # Llama-3 scaling: (factor, low_freq_factor, high_freq_factor, original_max_positions).
+    rope_llama3: tuple[float, float, float, int] | None = None
+    rms_eps: float = 1e-6
+    qkv_bias: bool = False  # Qwen2
+    qk_norm: bool = False  # Qwen3
+    tie_embeddings: bool = False
+    max_seq_len: int = 32_768  # informational; RoPE has no table to size
+    init_std: float = 0.02
+    param_dtype: str = "float32"  # storage dtype of the parameters
+    dtype: str = "float32"  # compute dtype of matmuls; norms, softmax and log-probs are fp32
+    remat: bool = False  # rematerialise each layer in the backward pass
+    bos_id: int | None = None
+    eos_ids: tuple[int, ...] = ()
+
+    def __post_init__(self):
+        for name in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"ModelConfig.{name} must be positive, got {getattr(self, name)}")
+        if self.n_heads % self.n_kv_heads:
+            raise ValueError(
+                f"ModelConfig.n_heads={self.n_heads} is not a multiple of "
+                f"n_kv_heads={self.n_kv_heads}"
+            )
+        if self.head_dim % 2:
+            raise ValueError(f"ModelConfig.head_dim={self.head_dim} must be even for RoPE")
+        if self.arch not in ARCHITECTURES:
+            raise ValueError(
+                f"ModelConfig.arch={self.arch!r}; expected one of {list(ARCHITECTURES)}"
+            )
+
+    def replace(self, **kw) -> ModelConfig:
+        return dataclasses.replace(self, **kw)
+
+
+def _qwen25(d, layers, heads, kv, ff, vocab=151_936, tie=True, theta=1e6, max_len=32_768):
+    return ModelConfig(vocab, d, layers, heads, kv, d // heads, ff, "qwen2", theta, None, 1e-6,
+                       qkv_bias=True, tie_embeddings=tie, max_seq_len=max_len,
+                       bos_id=151_643, eos_ids=(151_643,))  # fmt: skip
+
+
+def _qwen3(d, layers, heads, ff, tie=True):
+    return ModelConfig(151_936, d, layers, heads, 8, 128, ff, "qwen3", 1e6, None, 1e-6,
+                       qk_norm=True, tie_embeddings=tie, max_seq_len=40_960,
+                       bos_id=151_643, eos_ids=(151_645,))  # fmt: skip
+
+
+def _llama3(d, layers, heads, ff, tie, factor):
+    return ModelConfig(128_256, d, layers, heads, 8, d // heads, ff, "llama", 500_000.0,
+                       (factor, 1.0, 4.0, 8192), 1e-5, tie_embeddings=tie, max_seq_len=131_072,
+                       bos_id=128_000, eos_ids=(128_001, 128_008, 128_009))  # fmt: skip
+
+
+PRESETS: dict[str, ModelConfig] = {
+    # For tests: prime-ish sizes make shape mistakes visible.
+    "tiny": ModelConfig(256, 64, 2, 4, 2, 16, 160, "qwen2", qkv_bias=True, tie_embeddings=True),
+    "qwen2.5-0.5b": _qwen25(896, 24, 14, 2, 4864),
+    "qwen2.5-1.5b": _qwen25(1536, 28, 12, 2, 8960),
+    "qwen2.5-3b": _qwen25(2048, 36, 16, 2, 11008),
+    "qwen2.5-7b": _qwen25(3584, 28, 28, 4, 18944, vocab=152_064, tie=False, max_len=131_072),
+    "qwen2.5-math-1.5b": _qwen25(1536, 28, 12, 2, 8960, theta=1e4, max_len=4096),
+    "qwen2.5-math-7b": _qwen25(3584, 28, 28, 4, 18944, 152_064, tie=False, theta=1e4, max_len=4096),
+    "qwen3-0.6b": _qwen3(1024, 28, 16, 3072),
+    "qwen3-1.7b": _qwen3(2048, 28, 16, 6144),
+    "qwen3-4b": _qwen3(2560, 36, 32, 9728),
+    "qwen3-8b": _qwen3(4096, 36, 32, 12288, tie=False),
+    "llama3.2-1b": _llama3(2048, 16, 32, 8192, tie=True, factor=32.0),
+    "llama3.2-3b": _llama3(3072, 28, 24, 8192, tie=True, factor=32.0),
+    "llama3.1-8b": _llama3(4096, 32, 32, 14336, tie=False, factor=8.0),
+    # The R1 distilled models are Qwen2.5-Math shapes with untied embeddings.
+    "r1-distill-qwen-1.5b": _qwen25(1536, 28, 12, 2, 8960, tie=False, theta=1e4, max_len=131_072),
+    "r1-distill-qwen-7b": _qwen25(3584, 28, 28, 4, 18944, 152_064, False, 1e4, 131_072),
+}
+
+
+def get_preset(name: str, **overrides) -> ModelConfig:
+    if name not in PRESETS:
+        raise ValueError(f"unknown model preset {name!r}; known: {sorted(PRESETS)}")
+    return PRESETS[name].replace(**overrides)
+
+
+# ----------------------------------------------------------------------------------------------
+# Hugging Face config.json <-> ModelConfig
+
+
+class UnsupportedConfigError(ValueError):
+    """A config.json field asks for something this model code does not implement."""
+
+
+def _rope_fields(hf: dict, where: str) -> tuple[float, tuple | None]:
+    # transformers >= 5 writes `rope_parameters`; older files have rope_theta + rope_scaling.
+    params = dict(hf.get("rope_parameters") or {})
+    scaling = hf.get("rope_scaling") or {}
+    theta = params.get("rope_theta", hf.get("rope_theta", 10_000.0))
+    kind = params.get("rope_type") or scaling.get("rope_type") or scaling.get("type") or "default"
+    src = params if params.get("rope_type", "default") != "default" else scaling
+    if kind == "default":
+        return float(theta), None
+    if kind != "llama3":
+        raise UnsupportedConfigError(
+            f"{where}: rope scaling type {kind!r} is not supported (only 'llama3' and none)"
+        )
+    return float(theta), (
+        float(src["factor"]),
+        float(src["low_freq_factor"]),
+        float(src["high_freq_factor"]),
+        int(src["original_max_position_embeddings"]),
+    )
+
+
+def from_hf_config(hf: dict[str, Any], where: str = "config.json", **overrides) -> ModelConfig:
+    """ModelConfig from a parsed HF config.json; rejects features we do not implement."""
+    arch = hf.get("model_type")
+    archs = hf.get("architectures") or []
+    if arch not in ARCHITECTURES or any(a not in ARCHITECTURES.values() for a in archs):
+        raise UnsupportedConfigError(
+            f"{where}: unknown architecture model_type={arch!r} architectures={archs}; "
+            f"supported: {sorted(ARCHITECTURES.values())}"
+        )
+
+    def need(key):
+        if key not in hf:
+            raise UnsupportedConfigError(f"{where}: missing field {key!r}")
+        return hf[key]
+
+    if hf.get("hidden_act", "silu") != "silu":
+        raise UnsupportedConfigError(f"{where}: hidden_act={hf['hidden_act']!r}; only 'silu'")
+    if hf.get("use_sliding_window") or "sliding_attention" in (hf.get("layer_types") or []):
+        raise UnsupportedConfigError(f"{where}: use_sliding_window (sliding-window attention)")
+    if hf.get("mlp_bias"):
+        raise UnsupportedConfigError(f"{where}: mlp_bias=true is not supported")
+    if arch != "qwen2" and hf.get("attention_bias"):
+        raise UnsupportedConfigError(f"{where}: attention_bias=true (with o_proj bias)")
+    if hf.get("num_experts") or hf.get("num_local_experts"):
+        raise UnsupportedConfigError(f"{where}: mixture-of-experts layers are not supported")
+    d, heads = int(need("hidden_size")), int(need("num_attention_heads"))
+    theta, llama3 = _rope_fields(hf, where)
+    eos = hf.get("eos_token_id")
+    eos = tuple(eos) if isinstance(eos, list) else ((eos,) if eos is not None else ())
+    cfg = ModelConfig(
+        vocab_size=int(need("vocab_size")),
+        d_model=d,
+        n_layers=int(need("num_hidden_layers")),
+        n_heads=heads,
+        n_kv_heads=int(hf.get("num_key_value_heads") or heads),
+        head_dim=int(hf.get("head_dim") or d // heads),
+        d_ff=int(need("intermediate_size")),
+        arch=arch,
+        rope_theta=theta,
+        rope_llama3=llama3,
+        rms_eps=float(hf.get("rms_norm_eps", 1e-6)),
+        qkv_bias=arch == "qwen2",
+        qk_norm=arch == "qwen3",
+        tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
+        max_seq_len=int(hf.get("max_position_embeddings", 32_768)),
+        init_std=float(hf.get("initializer_range", 0.02)),
+        bos_id=hf.get("bos_token_id"),
+        eos_ids=eos,
+    )
+    return cfg.replace(**overrides)
+
+
+def to_hf_config(cfg: ModelConfig, dtype: str = "float32") -> dict[str, Any]:
+    rope: dict[str, Any] = {"rope_theta": cfg.rope_theta, "rope_type": "default"}
+    if cfg.rope_llama3:
+        factor, low, high, orig = cfg.rope_llama3
+        rope.update(rope_type="llama3", factor=factor, low_freq_factor=low,
+                    high_freq_factor=high, original_max_position_embeddings=orig)  # fmt: skip
+    hf = {
+        "architectures": [ARCHITECTURES[cfg.arch]],
+        "model_type": cfg.arch,
+        "vocab_size": cfg.vocab_size,
+        "hidden_size": cfg.d_model,
+        "num_hidden_layers": cfg.n_layers,
+        "num_attention_heads": cfg.n_heads,
+        "num_key_value_heads": cfg.n_kv_heads,
+        "head_dim": cfg.head_dim,
+        "intermediate_size": cfg.d_ff,
+        "hidden_act": "silu",
+        "rms_norm_eps": cfg.rms_eps,
+        "tie_word_embeddings": cfg.tie_embeddings,
+        "max_position_embeddings": cfg.max_seq_len,
+        "initializer_range": cfg.init_std,
+        "rope_theta": cfg.rope_theta,  # read by transformers 4.x ...
+        "rope_parameters": rope,  # ... and by transformers 5.x
+        "attention_bias": cfg.qkv_bias if cfg.arch != "qwen2" else True,
+        "use_sliding_window": False,
+        "bos_token_id": cfg.bos_id,
+        "eos_token_id": list(cfg.eos_ids)
+        if len(cfg.eos_ids) > 1
+        else next(iter(cfg.eos_ids), None),
+        "torch_dtype": dtype,
+        "dtype": dtype,
+    }
+    if cfg.rope_llama3:
+        hf["rope_scaling"] = {k: v for k, v in rope.items() if k != "rope_theta"}
+    return hf
+
+
+def load_hf_config(path: str, **overrides) -> ModelConfig:
+    file = os.path.join(path, "config.json") if os.path.isdir(path) else path
+    if not os.path.exists(file):
+        raise FileNotFoundError(f"{file}: no config.json (is {path!r} a Hugging Face model dir?)")
+    with open(file) as f:
+        try:
+            hf = json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{file}: invalid JSON at line {e.lineno}: {e.msg}") from e
+    return from_hf_config(hf, where=file, **overrides)

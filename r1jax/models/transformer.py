@@ -1,0 +1,348 @@
+"""The decoder-only transformer as pure functions over a parameter pytree.
+
+Every parameter is declared once in `param_specs` (shape, logical axes, initializer); init,
+abstract shapes and shardings all derive from that table. Layers are stacked on a leading axis
+and run under `lax.scan`, so compile time does not grow with depth.
+
+Einsum letters: n rows (sequences), b prompts, g samples per prompt (n = b*g), t query
+positions, s key positions, p prompt (prefix) positions, d model dim, k kv heads, r query heads
+per kv head (H = k*r), h head dim, f MLP dim, v vocabulary.
+
+Three entry points share one block:
+  forward      full sequences (training, scoring, prefill); optional K/V out for a cache.
+  decode_step  one new token per row against a KV cache laid out as a shared *prefix* (one per
+               prompt, [L,B,P,K,Dh]) plus each row's own *suffix* ([L,N,S,K,Dh]); the G samples
+               of a prompt read the same prefix, so the prompt is prefilled once, never copied.
+  token_logprobs  log-probs (and entropy) of given tokens from hidden states, computed in
+               vocabulary chunks so that an [N,T,V] logits tensor never exists.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from r1jax import sharding as shd
+from r1jax.models.config import ModelConfig
+
+f32 = jnp.float32
+NEG_INF = -1e30  # finite, so a fully masked row gives a uniform softmax instead of NaN
+Params = dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class ParamSpec:
+    shape: tuple[int, ...]
+    axes: tuple[str | None, ...]
+    init: str  # "normal" (N(0, init_std)) | "ones" | "zeros"
+
+
+def param_specs(cfg: ModelConfig) -> Params:
+    L, D, H, K, Dh, F, V = (cfg.n_layers, cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim,
+                            cfg.d_ff, cfg.vocab_size)  # fmt: skip
+    lay = lambda *shape_axes, init="normal": ParamSpec(  # noqa: E731
+        (L,) + tuple(s for s, _ in shape_axes), ("layers",) + tuple(a for _, a in shape_axes), init
+    )
+    layer = {
+        "attn_norm": lay((D, "norm"), init="ones"),
+        "wq": lay((D, "embed"), (H, "q_heads"), (Dh, "head_dim")),
+        "wk": lay((D, "embed"), (K, "kv_heads"), (Dh, "head_dim")),
+        "wv": lay((D, "embed"), (K, "kv_heads"), (Dh, "head_dim")),
+        "wo": lay((H, "q_heads"), (Dh, "head_dim"), (D, "embed")),
+        "mlp_norm": lay((D, "norm"), init="ones"),
+        "w_gate": lay((D, "embed"), (F, "mlp")),
+        "w_up": lay((D, "embed"), (F, "mlp")),
+        "w_down": lay((F, "mlp"), (D, "embed")),
+    }
+    if cfg.qkv_bias:
+        layer["bq"] = lay((H, "q_heads"), (Dh, "head_dim"), init="zeros")
+        layer["bk"] = lay((K, "kv_heads"), (Dh, "head_dim"), init="zeros")
+        layer["bv"] = lay((K, "kv_heads"), (Dh, "head_dim"), init="zeros")
+    if cfg.qk_norm:
+        layer["q_norm"] = lay((Dh, "norm"), init="ones")
+        layer["k_norm"] = lay((Dh, "norm"), init="ones")
+    specs = {
+        "embed": ParamSpec((V, D), ("vocab", "embed"), "normal"),
+        "layers": layer,
+        "final_norm": ParamSpec((D,), ("norm",), "ones"),
+    }
+    if not cfg.tie_embeddings:
+        specs["lm_head"] = ParamSpec((V, D), ("vocab", "embed"), "normal")
+    return specs
+
+
+def _is_spec(x) -> bool:
+    return isinstance(x, ParamSpec)
+
+
+def abstract_params(cfg: ModelConfig) -> Params:
+    dtype = jnp.dtype(cfg.param_dtype)
+    return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, dtype), param_specs(cfg),
+                        is_leaf=_is_spec)  # fmt: skip
+
+
+def param_shardings(cfg: ModelConfig, mesh) -> Params:
+    return jax.tree.map(lambda s: shd.named_sharding(s.axes, s.shape, mesh), param_specs(cfg),
+                        is_leaf=_is_spec)  # fmt: skip
+
+
+def count_params(cfg: ModelConfig) -> int:
+    """Parameter count from the declarations alone; nothing is allocated."""
+    leaves = jax.tree.leaves(param_specs(cfg), is_leaf=_is_spec)
+    return sum(math.prod(s.shape) for s in leaves)
+
+
+def init_params(cfg: ModelConfig, key: jax.Array, mesh=None) -> Params:
+    """Random parameters, created directly in their target shardings (never on one device)."""
+    specs = param_specs(cfg)
+    leaves, treedef = jax.tree.flatten(specs, is_leaf=_is_spec)
+    dtype = jnp.dtype(cfg.param_dtype)
+
+    def init(key):
+        keys = jax.random.split(key, len(leaves))
+        out = []
+        for k, s in zip(keys, leaves):
+            if s.init == "normal":
+                out.append((cfg.init_std * jax.random.normal(k, s.shape, f32)).astype(dtype))
+            else:
+                out.append(jnp.full(s.shape, 1.0 if s.init == "ones" else 0.0, dtype))
+        return jax.tree.unflatten(treedef, out)
+
+    mesh = mesh or shd.make_mesh((("fsdp", 1),), jax.devices()[:1])
+    return jax.jit(init, out_shardings=param_shardings(cfg, mesh))(key)
+
+
+# ----------------------------------------------------------------------------------------------
+# Building blocks
+
+
+def rms_norm(x, w, eps: float):
+    x32 = x.astype(f32)
+    y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
+    return y.astype(x.dtype) * w.astype(x.dtype)
+
+
+def rope_inv_freq(cfg: ModelConfig) -> np.ndarray:
+    """Inverse frequencies [Dh/2], with Llama-3 frequency-dependent scaling when configured."""
+    dh = cfg.head_dim
+    inv = 1.0 / (cfg.rope_theta ** (np.arange(0, dh, 2, dtype=np.float64) / dh))
+    if cfg.rope_llama3:
+        factor, low, high, orig = cfg.rope_llama3
+        wavelen = 2 * np.pi / inv
+        scaled = np.where(wavelen > orig / low, inv / factor, inv)
+        smooth = (orig / wavelen - low) / (high - low)
+        mid = (wavelen >= orig / high) & (wavelen <= orig / low)
+        inv = np.where(mid, (1 - smooth) * scaled / factor + smooth * scaled, scaled)
+    return inv.astype(np.float32)
+
+
+def apply_rope(x_NTHh, positions_NT, inv_freq):
+    """Rotates the two halves of each head (the Hugging Face "rotate_half" layout)."""
+    freqs = positions_NT[..., None].astype(f32) * inv_freq  # [N,T,h/2]
+    cos, sin = jnp.cos(freqs)[:, :, None], jnp.sin(freqs)[:, :, None]
+    x1, x2 = jnp.split(x_NTHh.astype(f32), 2, axis=-1)
+    out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+    return out.astype(x_NTHh.dtype)
+
+
+def _qkv(x_NTD, lp, positions_NT, cfg: ModelConfig):
+    dt = jnp.dtype(cfg.dtype)
+    h = rms_norm(x_NTD, lp["attn_norm"], cfg.rms_eps)
+    q = jnp.einsum("ntd,dqh->ntqh", h, lp["wq"].astype(dt))
+    k = jnp.einsum("ntd,dkh->ntkh", h, lp["wk"].astype(dt))
+    v = jnp.einsum("ntd,dkh->ntkh", h, lp["wv"].astype(dt))
+    if cfg.qkv_bias:
+        q, k, v = q + lp["bq"].astype(dt), k + lp["bk"].astype(dt), v + lp["bv"].astype(dt)
+    if cfg.qk_norm:
+        q, k = rms_norm(q, lp["q_norm"], cfg.rms_eps), rms_norm(k, lp["k_norm"], cfg.rms_eps)
+    inv = rope_inv_freq(cfg)
+    return apply_rope(q, positions_NT, inv), apply_rope(k, positions_NT, inv), v
+
+
+def _finish_block(x_NTD, o_NTHh, lp, cfg: ModelConfig):
+    dt = jnp.dtype(cfg.dtype)
+    x = x_NTD + jnp.einsum("ntqh,qhd->ntd", o_NTHh, lp["wo"].astype(dt))
+    h = rms_norm(x, lp["mlp_norm"], cfg.rms_eps)
+    gate = jnp.einsum("ntd,df->ntf", h, lp["w_gate"].astype(dt))
+    up = jnp.einsum("ntd,df->ntf", h, lp["w_up"].astype(dt))
+    return x + jnp.einsum("ntf,fd->ntd", jax.nn.silu(gate) * up, lp["w_down"].astype(dt))
+
+
+def attention(q_NTHh, k_NSKh, v_NSKh, mask_NTS):
+    """Grouped-query attention with an explicit boolean mask; softmax in fp32."""
+    n, t, H, dh = q_NTHh.shape
+    K = k_NSKh.shape[2]
+    q = q_NTHh.reshape(n, t, K, H // K, dh)
+    s = jnp.einsum("ntkrh,nskh->nkrts", q, k_NSKh, preferred_element_type=f32) / math.sqrt(dh)
+    p = jax.nn.softmax(jnp.where(mask_NTS[:, None, None], s, NEG_INF), axis=-1)
+    o = jnp.einsum("nkrts,nskh->ntkrh", p.astype(v_NSKh.dtype), v_NSKh)
+    return o.reshape(n, t, H, dh)
+
+
+def attention_mask(segment_ids_NT):
+    """Causal, within one segment, and never onto padding (segment id 0)."""
+    t = segment_ids_NT.shape[1]
+    causal = jnp.tril(jnp.ones((t, t), bool))
+    same = segment_ids_NT[:, :, None] == segment_ids_NT[:, None, :]
+    return causal[None] & same & (segment_ids_NT[:, None, :] != 0)
+
+
+def positions_from_mask(mask_NT):
+    """Per-row positions for left- or right-padded rows: 0 at the first real token."""
+    return jnp.maximum(jnp.cumsum(mask_NT.astype(jnp.int32), axis=1) - 1, 0)
+
+
+# ----------------------------------------------------------------------------------------------
+# Full-sequence forward
+
+
+def embed(params, tokens, cfg: ModelConfig):
+    return params["embed"][tokens].astype(cfg.dtype)
+
+
+def forward(params: Params, tokens_NT, positions_NT, segment_ids_NT, cfg: ModelConfig,
+            return_kv: bool = False):  # fmt: skip
+    """Hidden states after the final norm, [N,T,D]; with return_kv also (k, v) [L,N,T,K,Dh].
+
+    segment_ids_NT: 0 marks padding; rows may hold several packed segments (1, 2, ...).
+    """
+    mask = attention_mask(segment_ids_NT)
+
+    def layer(x, lp):
+        q, k, v = _qkv(x, lp, positions_NT, cfg)
+        x = _finish_block(x, attention(q, k, v, mask), lp, cfg)
+        return x, ((k, v) if return_kv else None)
+
+    if cfg.remat:
+        layer = jax.checkpoint(layer, prevent_cse=False)
+    x, kv = jax.lax.scan(layer, embed(params, tokens_NT, cfg), params["layers"])
+    h = rms_norm(x, params["final_norm"], cfg.rms_eps)
+    return (h, kv) if return_kv else h
+
+
+def unembed_matrix(params: Params, cfg: ModelConfig):
+    return params["embed"] if cfg.tie_embeddings else params["lm_head"]  # [V, D]
+
+
+def logits_from_hidden(params: Params, h_ND, cfg: ModelConfig):
+    w = unembed_matrix(params, cfg).astype(cfg.dtype)
+    return jnp.einsum("...d,vd->...v", h_ND, w, preferred_element_type=f32)
+
+
+def logits(params: Params, tokens_NT, mask_NT, cfg: ModelConfig):
+    """Logits [N,T,V] for (possibly left-padded) rows; for tests and small models."""
+    h = forward(params, tokens_NT, positions_from_mask(mask_NT), mask_NT.astype(jnp.int32), cfg)
+    return logits_from_hidden(params, h, cfg)
+
+
+def token_logprobs(params: Params, h_NTD, targets_NT, cfg: ModelConfig, *,
+                   temperature: float = 1.0, vocab_chunk: int = 8192,
+                   with_entropy: bool = False):  # fmt: skip
+    """log softmax(logits / temperature)[target] in fp32, and optionally the entropy.
+
+    Over vocabulary chunks with an online logsumexp, each chunk rematerialised in the backward
+    pass, so memory is O(N*T*chunk) instead of O(N*T*V).
+    """
+    w_VD = unembed_matrix(params, cfg).astype(cfg.dtype)
+    V = w_VD.shape[0]
+    if V <= vocab_chunk:
+        z = jnp.einsum("ntd,vd->ntv", h_NTD, w_VD, preferred_element_type=f32) / temperature
+        logz = jax.nn.logsumexp(z, axis=-1)
+        logp = jnp.take_along_axis(z, targets_NT[..., None], axis=-1)[..., 0] - logz
+        if not with_entropy:
+            return logp, None
+        return logp, logz - jnp.sum(jax.nn.softmax(z, axis=-1) * z, axis=-1)
+
+    n_chunks = -(-V // vocab_chunk)
+    w = jnp.pad(w_VD, ((0, n_chunks * vocab_chunk - V), (0, 0)))
+    w = w.reshape(n_chunks, vocab_chunk, -1)
+
+    @jax.checkpoint
+    def step(carry, xs):
+        m, s, zs, tgt = carry
+        w_c, c = xs
+        cols = c * vocab_chunk + jnp.arange(vocab_chunk)
+        z = jnp.einsum("ntd,vd->ntv", h_NTD, w_c, preferred_element_type=f32) / temperature
+        z = jnp.where(cols < V, z, NEG_INF)
+        m_new = jnp.maximum(m, z.max(-1))
+        e = jnp.exp(z - m_new[..., None])
+        scale = jnp.exp(m - m_new)
+        s = s * scale + e.sum(-1)
+        zs = zs * scale + (e * z).sum(-1) if with_entropy else zs
+        tgt = tgt + jnp.sum(jnp.where(cols == targets_NT[..., None], z, 0.0), axis=-1)
+        return (m_new, s, zs, tgt), None
+
+    zeros = jnp.zeros(targets_NT.shape, f32)
+    init = (jnp.full(targets_NT.shape, NEG_INF, f32), zeros, zeros, zeros)
+    (m, s, zs, tgt), _ = jax.lax.scan(step, init, (w, jnp.arange(n_chunks)))
+    logz = m + jnp.log(s)
+    return tgt - logz, (logz - zs / s) if with_entropy else None
+
+
+# ----------------------------------------------------------------------------------------------
+# KV cache: a shared prefix per prompt plus a suffix per row
+
+
+def prefill(params: Params, tokens_BP, mask_BP, cfg: ModelConfig):
+    """Runs left-padded prompts once. Returns the last hidden state [B,D] and the prefix cache."""
+    positions = positions_from_mask(mask_BP)
+    h, (k, v) = forward(params, tokens_BP, positions, mask_BP.astype(jnp.int32), cfg, True)
+    prefix = {"k": k, "v": v, "mask": mask_BP.astype(bool), "length": mask_BP.sum(1)}
+    return h[:, -1], prefix
+
+
+def init_suffix(cfg: ModelConfig, n: int, max_len: int, dtype=None) -> dict:
+    """An empty per-row cache for max_len generated tokens; rows advance in lockstep."""
+    shape = (cfg.n_layers, n, max_len, cfg.n_kv_heads, cfg.head_dim)
+    dtype = dtype or cfg.dtype
+    return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype),
+            "index": jnp.zeros((), jnp.int32)}  # fmt: skip
+
+
+def _decode_attention(q_NHh, prefix_k, prefix_v, prefix_mask, k_NSKh, v_NSKh, valid_S):
+    """One query per row over [its prompt's prefix ; its own suffix], one joint softmax."""
+    n, H, dh = q_NHh.shape
+    b, _, K, _ = prefix_k.shape
+    g, r = n // b, H // K
+    q = q_NHh.reshape(b, g, K, r, dh)
+    s_pre = jnp.einsum("bgkrh,bpkh->bgkrp", q, prefix_k, preferred_element_type=f32)
+    s_pre = jnp.where(prefix_mask[:, None, None, None], s_pre, NEG_INF)
+    s_own = jnp.einsum("nkrh,nskh->nkrs", q.reshape(n, K, r, dh), k_NSKh,
+                       preferred_element_type=f32)  # fmt: skip
+    s_own = jnp.where(valid_S, s_own, NEG_INF).reshape(b, g, K, r, -1)
+    p = jax.nn.softmax(jnp.concatenate([s_pre, s_own], -1) / math.sqrt(dh), axis=-1)
+    p_pre, p_own = jnp.split(p.astype(prefix_v.dtype), [prefix_k.shape[1]], axis=-1)
+    o = jnp.einsum("bgkrp,bpkh->bgkrh", p_pre, prefix_v).reshape(n, K, r, dh)
+    o = o + jnp.einsum("nkrs,nskh->nkrh", p_own.reshape(n, K, r, -1), v_NSKh)
+    return o.reshape(n, 1, H, dh)
+
+
+def decode_step(params: Params, tokens_N, positions_N, prefix: dict, suffix: dict,
+                cfg: ModelConfig):  # fmt: skip
+    """Appends one token per row. Returns the hidden state [N,D] and the updated suffix.
+
+    Row n belongs to prompt n // G, where G = N / B is inferred from the shapes.
+    """
+    idx = suffix["index"]
+    valid_S = jnp.arange(suffix["k"].shape[2]) <= idx
+    pos = positions_N[:, None]
+
+    def layer(carry, xs):
+        x, ck, cv = carry
+        lp, li, pk, pv = xs
+        q, k, v = _qkv(x, lp, pos, cfg)
+        ck = jax.lax.dynamic_update_slice(ck, k[None].astype(ck.dtype), (li, 0, idx, 0, 0))
+        cv = jax.lax.dynamic_update_slice(cv, v[None].astype(cv.dtype), (li, 0, idx, 0, 0))
+        o = _decode_attention(q[:, 0], pk, pv, prefix["mask"], ck[li], cv[li], valid_S)
+        return (_finish_block(x, o, lp, cfg), ck, cv), None
+
+    xs = (params["layers"], jnp.arange(cfg.n_layers), prefix["k"], prefix["v"])
+    x0 = embed(params, tokens_N[:, None], cfg)
+    (x, ck, cv), _ = jax.lax.scan(layer, (x0, suffix["k"], suffix["v"]), xs)
+    h = rms_norm(x[:, 0], params["final_norm"], cfg.rms_eps)
+    return h, {"k": ck, "v": cv, "index": idx + 1}

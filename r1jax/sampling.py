@@ -1,0 +1,187 @@
+"""Group sampler: prefill each prompt once, share its KV cache with its G samples, decode.
+
+Decoding runs on device as a `lax.while_loop` over chunks, each chunk a `lax.scan` of `chunk`
+steps; the loop stops after the chunk in which every row has ended (EOS, a stop sequence, or
+max_new_tokens). Rows advance in lockstep, and prompts are left-padded to a bucketed length,
+so there is one compilation per (batch, prompt bucket, config).
+
+Sampler log-probs: log softmax(logits / T) of the sampled token under the *full* temperature-
+scaled distribution, before top-k/top-p truncation. That is exactly the distribution the
+trainer's `token_logprobs(..., temperature=T)` computes, so the two agree to float rounding
+when there is no truncation (tests check 1e-5). With truncation the sampler actually draws from
+the renormalised truncated distribution; the difference is the usual, documented support
+mismatch (Tunix and TRL behave the same way). Greedy (T = 0) reports log-probs at T = 1.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from r1jax.models import transformer as tfm
+from r1jax.models.config import ModelConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingConfig:
+    max_new_tokens: int = 256
+    temperature: float = 1.0  # 0 means greedy
+    top_p: float = 1.0
+    top_k: int = 0  # 0 means no top-k
+    chunk: int = 16  # decode steps between checks that every row has ended
+    eos_ids: tuple[int, ...] = ()
+    # Stop sequences as token ids; a row ends when its last tokens equal one of them.
+    stop_sequences: tuple[tuple[int, ...], ...] = ()
+    pad_id: int = 0
+
+    def __post_init__(self):
+        if self.max_new_tokens <= 0:
+            raise ValueError(f"max_new_tokens must be positive, got {self.max_new_tokens}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0 or self.chunk <= 0:
+            raise ValueError(f"top_k must be >= 0 and chunk > 0, got {self.top_k}, {self.chunk}")
+
+
+def bucket(n: int, minimum: int = 16) -> int:
+    """Prompt lengths are padded up to a power of two (>= minimum) to bound recompiles."""
+    return max(minimum, 1 << max(0, (n - 1).bit_length()))
+
+
+def pad_prompts(prompts: list[list[int]], pad_id: int, length: int | None = None):
+    """Left-pads token lists to `length` (default: the bucket of the longest)."""
+    length = length or bucket(max(len(p) for p in prompts))
+    tokens = np.full((len(prompts), length), pad_id, np.int32)
+    mask = np.zeros((len(prompts), length), np.int32)
+    for i, p in enumerate(prompts):
+        if len(p) > length:
+            raise ValueError(f"prompt {i} has {len(p)} tokens, more than the length {length}")
+        if p:
+            tokens[i, length - len(p) :] = p
+            mask[i, length - len(p) :] = 1
+    return tokens, mask
+
+
+def truncate_logits(logits_NV, top_k: int, top_p: float):
+    """Sets everything outside the top-k / nucleus (top-p) set to -inf."""
+    if top_k:
+        kth = jax.lax.top_k(logits_NV, top_k)[0][:, -1:]
+        logits_NV = jnp.where(logits_NV < kth, -jnp.inf, logits_NV)
+    if top_p < 1.0:
+        sorted_ = jnp.sort(logits_NV, axis=-1)[:, ::-1]
+        probs = jax.nn.softmax(sorted_, axis=-1)
+        # Keep a token if the mass strictly before it is < top_p (the first is always kept).
+        before = jnp.cumsum(probs, axis=-1) - probs
+        cutoff = jnp.min(jnp.where(before < top_p, sorted_, jnp.inf), axis=-1, keepdims=True)
+        logits_NV = jnp.where(logits_NV < cutoff, -jnp.inf, logits_NV)
+    return logits_NV
+
+
+def _pick(key, logits_NV, s: SamplingConfig):
+    """Returns (token, log-prob under the full temperature-scaled distribution)."""
+    if s.temperature == 0:
+        tok = jnp.argmax(logits_NV, axis=-1).astype(jnp.int32)
+        scaled = logits_NV
+    else:
+        scaled = logits_NV / s.temperature
+        kept = truncate_logits(scaled, s.top_k, s.top_p)
+        tok = jax.random.categorical(key, kept, axis=-1).astype(jnp.int32)
+    logp = jnp.take_along_axis(jax.nn.log_softmax(scaled, -1), tok[:, None], -1)[:, 0]
+    return tok, logp
+
+
+def _ends(tokens_NT, t, tok_N, s: SamplingConfig):
+    ended = jnp.isin(tok_N, jnp.asarray(s.eos_ids, jnp.int32)) if s.eos_ids else tok_N < 0
+    for seq in s.stop_sequences:
+        m = len(seq)
+        if m == 1:
+            ended |= tok_N == seq[0]
+            continue
+        tail = jax.lax.dynamic_slice_in_dim(tokens_NT, jnp.maximum(t - m + 1, 0), m, axis=1)
+        ended |= (t >= m - 1) & jnp.all(tail == jnp.asarray(seq, jnp.int32), axis=1)
+    return ended
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "s", "group_size"))
+def generate(params, prompt_tokens_BP, prompt_mask_BP, key, *, cfg: ModelConfig,
+             s: SamplingConfig, group_size: int = 1):  # fmt: skip
+    """Samples `group_size` completions per prompt. Rows are prompt-major: n = b * G + g.
+
+    Returns a dict of [N, max_new_tokens] arrays `tokens` (pad after the end), `logp`, `mask`
+    (1 up to and including the ending token) and [N] `length`, `truncated` (no EOS or stop
+    sequence before max_new_tokens).
+    """
+    G, B = group_size, prompt_tokens_BP.shape[0]
+    N, T = B * G, s.max_new_tokens
+    T_pad = -(-T // s.chunk) * s.chunk
+    h_BD, prefix = tfm.prefill(params, prompt_tokens_BP, prompt_mask_BP, cfg)
+    logits = jnp.repeat(tfm.logits_from_hidden(params, h_BD, cfg), G, axis=0)
+    start_pos = jnp.repeat(prefix["length"], G).astype(jnp.int32)
+
+    def step(state, _):
+        suffix, logits, toks, logps, done, t = state
+        tok, logp = _pick(jax.random.fold_in(key, t), logits, s)
+        tok = jnp.where(done, s.pad_id, tok)
+        toks = jax.lax.dynamic_update_slice_in_dim(toks, tok[:, None], t, axis=1)
+        logps = jax.lax.dynamic_update_slice_in_dim(logps, jnp.where(done, 0.0, logp)[:, None],
+                                                    t, axis=1)  # fmt: skip
+        new_done = done | _ends(toks, t, tok, s) | (t >= T - 1)
+        h, suffix = tfm.decode_step(params, tok, start_pos + t, prefix, suffix, cfg)
+        logits = tfm.logits_from_hidden(params, h, cfg)
+        return (suffix, logits, toks, logps, new_done, t + 1), done
+
+    def chunk(state):
+        state, done_before = jax.lax.scan(step, state, None, length=s.chunk)
+        return state
+
+    toks0 = jnp.full((N, T_pad), s.pad_id, jnp.int32)
+    state = (tfm.init_suffix(cfg, N, T_pad), logits, toks0, jnp.zeros((N, T_pad), jnp.float32),
+             jnp.zeros((N,), bool), jnp.zeros((), jnp.int32))  # fmt: skip
+    state = jax.lax.while_loop(lambda st: (st[5] < T) & ~jnp.all(st[4]), chunk, state)
+    _, _, toks, logps, _, _ = state
+    toks, logps = toks[:, :T], logps[:, :T]
+    # A row's tokens run up to and including its ending token.
+    idx = jnp.arange(T)
+    ended = jax.vmap(lambda r: _first_end(r, s))(toks)
+    length = jnp.where(ended < T, ended + 1, T)
+    mask = (idx[None] < length[:, None]).astype(jnp.int32)
+    toks = jnp.where(mask > 0, toks, s.pad_id)
+    return {"tokens": toks, "logp": logps * mask, "mask": mask, "length": length,
+            "truncated": ended >= T}  # fmt: skip
+
+
+def _first_end(row_T, s: SamplingConfig):
+    """Index of the first ending token of one row (T if none)."""
+    T = row_T.shape[0]
+    ends = jnp.isin(row_T, jnp.asarray(s.eos_ids, jnp.int32)) if s.eos_ids else row_T < -1
+    for seq in s.stop_sequences:
+        m = len(seq)
+        if m > T:
+            continue
+        win = jnp.stack([row_T[i : T - m + 1 + i] for i in range(m)], axis=1)
+        hit = jnp.all(win == jnp.asarray(seq, jnp.int32), axis=1)
+        ends |= jnp.pad(hit, (m - 1, 0))
+    return jnp.min(jnp.where(ends, jnp.arange(T), T))
+
+
+def sample_texts(params, cfg: ModelConfig, tokenizer, prompts: list[str], s: SamplingConfig,
+                 num_samples: int = 1, seed: int = 0) -> list[dict]:  # fmt: skip
+    """Text in, text out: for scripts and notebooks. Rows are prompt-major."""
+    ids = [tokenizer.encode(p, add_bos=True) for p in prompts]
+    tokens, mask = pad_prompts(ids, s.pad_id)
+    out = jax.device_get(generate(params, tokens, mask, jax.random.key(seed), cfg=cfg, s=s,
+                                  group_size=num_samples))  # fmt: skip
+    rows = []
+    for n in range(len(prompts) * num_samples):
+        completion = [int(t) for t in out["tokens"][n, : out["length"][n]]]
+        rows.append({"prompt": prompts[n // num_samples],
+                     "completion": tokenizer.decode(completion),
+                     "token_ids": completion,
+                     "truncated": bool(out["truncated"][n])})  # fmt: skip
+    return rows

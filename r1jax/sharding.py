@@ -1,0 +1,106 @@
+"""Device mesh and the one table that maps logical axis names to mesh axes.
+
+Every parameter and activation is annotated with *logical* axis names ("embed", "q_heads",
+"batch", ...). `RULES` says which mesh axis (if any) each logical name is split over. A rule is
+dropped for a tensor whose dimension the mesh axis does not divide (e.g. 2 KV heads on a
+4-way tensor axis), so a small model still runs on a big mesh; the tensor is then replicated
+along that mesh axis.
+
+Mesh axes: "data" (pure data parallel: batch only), "fsdp" (batch and parameters, ZeRO-3
+style), "tensor" (heads, MLP and vocabulary: Megatron style).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+MESH_AXES = ("data", "fsdp", "tensor")
+
+# logical axis -> mesh axes it is split over, in order of preference.
+RULES: dict[str, tuple[str, ...]] = {
+    "batch": ("data", "fsdp"),
+    "layers": (),
+    "vocab": ("tensor",),
+    "embed": ("fsdp",),
+    "q_heads": ("tensor",),
+    "kv_heads": ("tensor",),
+    "head_dim": (),
+    "mlp": ("tensor",),
+    "norm": (),
+    "seq": (),
+}
+
+
+def make_mesh(shape: Sequence[tuple[str, int]] = (("fsdp", -1),), devices=None) -> Mesh:
+    """Builds a mesh from [(axis, size), ...]; one size may be -1 (all remaining devices).
+
+    Axes not named get size 1, so every mesh has the three axes of MESH_AXES.
+    """
+    devices = list(jax.devices() if devices is None else devices)
+    sizes = dict.fromkeys(MESH_AXES, 1)
+    for name, size in shape:
+        if name not in sizes:
+            raise ValueError(f"config.mesh: unknown mesh axis {name!r}; expected {MESH_AXES}")
+        sizes[name] = int(size)
+    known = math.prod(s for s in sizes.values() if s != -1)
+    free = [n for n, s in sizes.items() if s == -1]
+    if len(free) > 1:
+        raise ValueError(f"config.mesh: at most one axis may be -1, got {free}")
+    if free:
+        if len(devices) % known:
+            raise ValueError(
+                f"config.mesh {shape}: {len(devices)} devices not divisible by {known}"
+            )
+        sizes[free[0]] = len(devices) // known
+    if math.prod(sizes.values()) != len(devices):
+        raise ValueError(
+            f"config.mesh {shape} needs {math.prod(sizes.values())} devices, have {len(devices)}"
+        )
+    grid = np.asarray(devices).reshape([sizes[n] for n in MESH_AXES])
+    return Mesh(grid, MESH_AXES)
+
+
+def logical_to_spec(axes: Sequence[str | None], shape: Sequence[int], mesh: Mesh) -> PartitionSpec:
+    """PartitionSpec for a tensor with the given logical axes, honouring divisibility."""
+    if len(axes) != len(shape):
+        raise ValueError(f"logical axes {tuple(axes)} do not match shape {tuple(shape)}")
+    used: set[str] = set()
+    spec = []
+    for name, dim in zip(axes, shape, strict=True):
+        if name is not None and name not in RULES:
+            raise ValueError(f"logical axis {name!r} has no entry in r1jax.sharding.RULES")
+        chosen = []
+        for mesh_axis in RULES.get(name, ()) if name else ():
+            size = mesh.shape[mesh_axis]
+            split = math.prod(mesh.shape[a] for a in chosen) * size
+            if size > 1 and mesh_axis not in used and dim % split == 0:
+                chosen.append(mesh_axis)
+        used.update(chosen)
+        spec.append(tuple(chosen) if len(chosen) > 1 else (chosen[0] if chosen else None))
+    return PartitionSpec(*spec)
+
+
+def named_sharding(axes, shape, mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, logical_to_spec(axes, shape, mesh))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def batch_sharding(mesh: Mesh, ndim: int, batch: int | None = None) -> NamedSharding:
+    """Sharding for an array whose leading axis is the batch (data and fsdp axes)."""
+    shape = (batch if batch is not None else mesh.shape["data"] * mesh.shape["fsdp"],) + (1,) * (
+        ndim - 1
+    )
+    return named_sharding(("batch",) + (None,) * (ndim - 1), shape, mesh)
+
+
+def batch_divisor(mesh: Mesh) -> int:
+    """Batch sizes must be a multiple of this to be split over the mesh's batch axes."""
+    return mesh.shape["data"] * mesh.shape["fsdp"]

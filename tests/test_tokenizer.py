@@ -1,0 +1,230 @@
+"""Tokenizer backends against references: transformers' AutoTokenizer on a Qwen2-style
+tokenizer built here, and SentencePiece models trained here on a generated corpus."""
+
+import json
+import random
+
+import pytest
+
+from r1jax import tokenizer as tk
+from r1jax.data import templates
+
+# Qwen2.5-7B-Instruct tokenizer_config.json "chat_template", verbatim as a JSON string literal.
+QWEN25_CHAT_TEMPLATE = json.loads(
+    r'''"{%- if tools %}\n    {{- '<|im_start|>system\\n' }}\n    {%- if messages[0]['role'] == 'system' %}\n        {{- messages[0]['content'] }}\n    {%- else %}\n        {{- 'You are Qwen, created by Alibaba Cloud. You are a helpful assistant.' }}\n    {%- endif %}\n    {{- \"\\n\\n# Tools\\n\\nYou may call one or more functions to assist with the user query.\\n\\nYou are provided with function signatures within <tools></tools> XML tags:\\n<tools>\" }}\n    {%- for tool in tools %}\n        {{- \"\\n\" }}\n        {{- tool | tojson }}\n    {%- endfor %}\n    {{- \"\\n</tools>\\n\\nFor each function call, return a json object with function name and arguments within <tool_call></tool_call> XML tags:\\n<tool_call>\\n{\\\"name\\\": <function-name>, \\\"arguments\\\": <args-json-object>}\\n</tool_call><|im_end|>\\n\" }}\n{%- else %}\n    {%- if messages[0]['role'] == 'system' %}\n        {{- '<|im_start|>system\\n' + messages[0]['content'] + '<|im_end|>\\n' }}\n    {%- else %}\n        {{- '<|im_start|>system\\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\\n' }}\n    {%- endif %}\n{%- endif %}\n{%- for message in messages %}\n    {%- if (message.role == \"user\") or (message.role == \"system\" and not loop.first) or (message.role == \"assistant\" and not message.tool_calls) %}\n        {{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>' + '\\n' }}\n    {%- elif message.role == \"assistant\" %}\n        {{- '<|im_start|>' + message.role }}\n        {%- if message.content %}\n            {{- '\\n' + message.content }}\n        {%- endif %}\n        {%- for tool_call in message.tool_calls %}\n            {%- if tool_call.function is defined %}\n                {%- set tool_call = tool_call.function %}\n            {%- endif %}\n            {{- '\\n<tool_call>\\n{\"name\": \"' }}\n            {{- tool_call.name }}\n            {{- '\", \"arguments\": ' }}\n            {{- tool_call.arguments | tojson }}\n            {{- '}\\n</tool_call>' }}\n        {%- endfor %}\n        {{- '<|im_end|>\\n' }}\n    {%- elif message.role == \"tool\" %}\n        {%- if (loop.index0 == 0) or (messages[loop.index0 - 1].role != \"tool\") %}\n            {{- '<|im_start|>user' }}\n        {%- endif %}\n        {{- '\\n<tool_response>\\n' }}\n        {{- message.content }}\n        {{- '\\n</tool_response>' }}\n        {%- if loop.last or (messages[loop.index0 + 1].role != \"tool\") %}\n            {{- '<|im_end|>\\n' }}\n        {%- endif %}\n    {%- endif %}\n{%- endfor %}\n{%- if add_generation_prompt %}\n    {{- '<|im_start|>assistant\\n' }}\n{%- endif %}\n"'''  # noqa: E501
+)
+# transformers' Qwen2Tokenizer pre-tokenizer regex (models/qwen2/tokenization_qwen2.py).
+QWEN2_REGEX = (
+    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"""
+    r"""|\s*[\r\n]+|\s+(?!\S)|\s+"""
+)
+SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+
+CHATS = [
+    [{"role": "user", "content": "What is 2+3?"}],
+    [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello!"},
+        {"role": "user", "content": "Sum 17 and 25.\nThen stop."},
+    ],
+]
+TEXTS = [
+    "Hello world, 12345 + 678 = 13023!",
+    "  leading spaces\tand\ttabs\n\nnew lines  ",
+    "<|im_start|>user\nWhat is 7*6?<|im_end|>\n<|im_start|>assistant\n<think>\n42</think>",
+    "Ünïcödé: café, 中文, emoji 🙂",
+    "<|endoftext|><|endoftext|>x",
+]
+
+
+@pytest.fixture(scope="module")
+def qwen_dir(tmp_path_factory):
+    """A Qwen2-style tokenizer dir: byte-level BPE with Qwen2's pipeline, ChatML specials,
+    non-special <think> tags (as Qwen3 has them), Qwen2.5-Instruct configs."""
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, trainers
+    from tokenizers import pre_tokenizers as pt
+
+    tok = Tokenizer(models.BPE())
+    tok.normalizer = normalizers.NFC()
+    tok.pre_tokenizer = pt.Sequence(
+        [
+            pt.Split(Regex(QWEN2_REGEX), behavior="isolated", invert=False),
+            pt.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400,
+        special_tokens=SPECIALS,
+        initial_alphabet=pt.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    corpus = [c["content"] for chat in CHATS for c in chat] + TEXTS[:2] * 3
+    tok.train_from_iterator(corpus, trainer)
+    tok.add_tokens(
+        [AddedToken(t, special=False, normalized=False) for t in ("<think>", "</think>")]
+    )
+    d = tmp_path_factory.mktemp("qwen")
+    tok.save(str(d / "tokenizer.json"))
+    ids = {t: tok.token_to_id(t) for t in SPECIALS + ["<think>", "</think>"]}
+    decoder = {
+        str(i): {"content": t, "special": t in SPECIALS, "normalized": False, "lstrip": False,
+                 "rstrip": False, "single_word": False}
+        for t, i in ids.items()
+    }  # fmt: skip
+    config = {
+        "tokenizer_class": "Qwen2Tokenizer",
+        "added_tokens_decoder": decoder,
+        "additional_special_tokens": ["<|im_start|>", "<|im_end|>"],
+        "bos_token": None,
+        "eos_token": "<|im_end|>",
+        "pad_token": "<|endoftext|>",
+        "unk_token": None,
+        "chat_template": QWEN25_CHAT_TEMPLATE,
+        "clean_up_tokenization_spaces": False,
+        "errors": "replace",
+        "model_max_length": 131072,
+        "split_special_tokens": False,
+    }
+    (d / "tokenizer_config.json").write_text(json.dumps(config))
+    gen = {"bos_token_id": ids["<|endoftext|>"], "pad_token_id": ids["<|endoftext|>"],
+           "eos_token_id": [ids["<|im_end|>"], ids["<|endoftext|>"]]}  # fmt: skip
+    (d / "generation_config.json").write_text(json.dumps(gen))
+    return d
+
+
+@pytest.fixture(scope="module")
+def hf_ref(qwen_dir):
+    transformers = pytest.importorskip("transformers")
+    return transformers.AutoTokenizer.from_pretrained(str(qwen_dir))
+
+
+def test_hf_encode_decode_match_transformers(qwen_dir, hf_ref):
+    tok = tk.load_tokenizer(qwen_dir)
+    assert isinstance(tok, tk.HFTokenizer)
+    for text in TEXTS:
+        ids = tok.encode(text)
+        assert ids == hf_ref.encode(text, add_special_tokens=False), text
+        for skip in (True, False):
+            assert tok.decode(ids, skip_special=skip) == hf_ref.decode(
+                ids, skip_special_tokens=skip
+            ), (text, skip)
+    assert tok.decode(tok.encode(TEXTS[0])) == TEXTS[0]
+    assert tok.batch_encode(TEXTS) == [hf_ref.encode(t, add_special_tokens=False) for t in TEXTS]
+    # Specials are single ids; skip_special drops them but keeps the non-special <think>.
+    ids = tok.encode(TEXTS[2])
+    assert ids[0] == tok.token_to_id("<|im_start|>") and tok.token_to_id("<think>") in ids
+    assert tok.decode(ids) == "user\nWhat is 7*6?\nassistant\n<think>\n42</think>"
+    assert tok.vocab_size == len(hf_ref)
+
+
+def test_hf_special_ids_from_configs(qwen_dir, hf_ref):
+    tok = tk.load_tokenizer(qwen_dir)
+    im_end, eot = hf_ref.convert_tokens_to_ids(["<|im_end|>", "<|endoftext|>"])
+    assert tok.eos_ids == (im_end, eot)  # generation_config.json list, in its order
+    assert tok.pad_id == hf_ref.pad_token_id == eot
+    assert tok.bos_id is None and hf_ref.bos_token_id is None  # null in tokenizer_config wins
+    assert tok.encode("hi", add_bos=True) == tok.encode("hi")
+    assert tok.special_tokens == {t: hf_ref.convert_tokens_to_ids(t) for t in SPECIALS}
+    with pytest.raises(KeyError, match="not a single token"):
+        tok.token_to_id("<not-a-token>")
+
+
+def test_hf_fallbacks_without_generation_config(qwen_dir, tmp_path):
+    # Only tokenizer.json + a config with a plain eos and no pad: pad falls back to eos.
+    (tmp_path / "tokenizer.json").write_bytes((qwen_dir / "tokenizer.json").read_bytes())
+    cfg = {"eos_token": "<|endoftext|>", "additional_special_tokens": ["<|new|>"]}
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(cfg))
+    tok = tk.HFTokenizer(tmp_path, extra_eos_tokens=["<|im_end|>"])
+    eot, im_end = tok.token_to_id("<|endoftext|>"), tok.token_to_id("<|im_end|>")
+    assert tok.eos_ids == (eot, im_end) and tok.pad_id == eot and tok.bos_id is None
+    # A declared special token missing from tokenizer.json is added after the existing ids.
+    new = tok.token_to_id("<|new|>")
+    assert new == tok.vocab_size - 1 and tok.special_tokens["<|new|>"] == new
+    assert tok.encode("a<|new|>")[-1] == new and tok.decode(tok.encode("a<|new|>")) == "a"
+    # No chat template: ChatML without a default system turn.
+    assert tok.apply_chat_template(CHATS[0]) == templates.chatml(CHATS[0])
+
+
+def test_chat_template_and_chatml_match_transformers(qwen_dir, hf_ref):
+    tok = tk.load_tokenizer(qwen_dir)
+    for chat in CHATS:
+        for gen in (True, False):
+            ref = hf_ref.apply_chat_template(chat, tokenize=False, add_generation_prompt=gen)
+            assert tok.apply_chat_template(chat, add_generation_prompt=gen) == ref
+            assert templates.chatml(chat, gen, templates.QWEN25_DEFAULT_SYSTEM) == ref
+    ref = hf_ref.apply_chat_template(CHATS[0], tokenize=False, add_generation_prompt=True)
+    assert ref == (
+        "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful "
+        "assistant.<|im_end|>\n<|im_start|>user\nWhat is 2+3?<|im_end|>\n<|im_start|>assistant\n"
+    )
+    # The tools branch exercises tojson.
+    tools = [{"type": "function", "function": {"name": "add", "parameters": {"a": "<int>"}}}]
+    ref = hf_ref.apply_chat_template(CHATS[0], tools=tools, tokenize=False)
+    assert tok.apply_chat_template(CHATS[0], add_generation_prompt=False, tools=tools) == ref
+    assert '{"name": "add", "parameters": {"a": "<int>"}}' in ref
+
+
+# --- SentencePiece --------------------------------------------------------------------------
+
+
+def _corpus(n=600, seed=0):
+    rng = random.Random(seed)
+    words = "the sum of and is what target numbers equation create using equals".split()
+    out = []
+    for _ in range(n):
+        a, b = rng.randint(0, 999), rng.randint(0, 999)
+        w = " ".join(rng.choice(words) for _ in range(4))
+        out.append(f"User: {w} {a} + {b}?\nAssistant: <think> {a}+{b}={a + b} </think>\n"
+                   f"<answer> {a + b} </answer>")  # fmt: skip
+    return out
+
+
+@pytest.fixture(scope="module")
+def sp_tok(tmp_path_factory):
+    d = tmp_path_factory.mktemp("sp")
+    return tk.train_sentencepiece(_corpus(), d / "tok", vocab_size=360)
+
+
+def test_sentencepiece_digits_tags_roundtrip(sp_tok):
+    pieces = lambda s: [sp_tok.sp.id_to_piece(i) for i in sp_tok.encode(s)]  # noqa: E731
+    assert [p for p in pieces("1234567890") if p != "▁"] == list("1234567890")
+    assert pieces("<think>12</think><answer>3</answer>") == [
+        "<think>", "1", "2", "</think>", "<answer>", "3", "</answer>"
+    ]  # fmt: skip
+    assert sp_tok.token_to_id("<think>") == 4 and sp_tok.token_to_id("</answer>") == 7
+    for text in [*_corpus(3, seed=1), "  two  spaces\tand tab\n", "unseen: é 中 🙂 ~"]:
+        assert sp_tok.decode(sp_tok.encode(text)) == text
+    assert (sp_tok.bos_id, sp_tok.eos_ids, sp_tok.pad_id) == (1, (2,), 3)
+    assert sp_tok.special_tokens == {"<unk>": 0, "<s>": 1, "</s>": 2, "<pad>": 3}
+    ids = sp_tok.encode("9 + 1", add_bos=True) + [2, 3]
+    assert ids[0] == 1
+    assert sp_tok.decode(ids) == "9 + 1"
+    assert sp_tok.decode(ids, skip_special=False) == "<s>9 + 1</s><pad>"
+    assert sp_tok.batch_encode(["1+1", "22"]) == [sp_tok.encode("1+1"), sp_tok.encode("22")]
+    assert sp_tok.vocab_size == 360
+
+
+def test_sentencepiece_is_deterministic(sp_tok, tmp_path):
+    again = tk.train_sentencepiece(_corpus(), tmp_path / "other" / "tok2", vocab_size=360)
+    assert again.path.read_bytes() == sp_tok.path.read_bytes()
+    # A file corpus (one sentence per line) works too and loads through load_tokenizer.
+    (tmp_path / "corpus.txt").write_text("\n".join(_corpus(200)))
+    tok = tk.train_sentencepiece(tmp_path / "corpus.txt", tmp_path / "f" / "tok", vocab_size=300)
+    assert isinstance(tk.load_tokenizer(tmp_path / "f"), tk.SentencePieceTokenizer)
+    assert tk.load_tokenizer(tok.path).encode("12") == tok.encode("12")
+
+
+def test_sentencepiece_chat_defaults_to_chatml(sp_tok):
+    assert sp_tok.apply_chat_template(CHATS[0]) == templates.chatml(CHATS[0])
+
+
+def test_load_tokenizer_errors_name_the_path(tmp_path):
+    with pytest.raises(FileNotFoundError, match=str(tmp_path / "nope")):
+        tk.load_tokenizer(tmp_path / "nope")
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(FileNotFoundError, match=f"no tokenizer in {tmp_path}.*config.json"):
+        tk.load_tokenizer(tmp_path)
+    with pytest.raises(FileNotFoundError, match="not a file"):
+        tk.train_sentencepiece("just some text", tmp_path / "x", vocab_size=300)
