@@ -36,9 +36,13 @@ def main(argv=None):
     template = templates.get_template(a.template)
     prompts = [template({"question": q}) for q in a.prompt]
     s = sampling.SamplingConfig(
-        max_new_tokens=a.max_new_tokens, temperature=a.temperature, top_p=a.top_p,
-        top_k=a.top_k, eos_ids=tuple(tokenizer.eos_ids), pad_id=tokenizer.pad_id,
-    )  # fmt: skip
+        max_new_tokens=a.max_new_tokens,
+        temperature=a.temperature,
+        top_p=a.top_p,
+        top_k=a.top_k,
+        eos_ids=tuple(tokenizer.eos_ids),
+        pad_id=tokenizer.pad_id,
+    )
     rows = sampling.sample_texts(params, cfg, tokenizer, prompts, s, a.num_samples, a.seed)
     out = open(a.output, "w") if a.output else None
     for row in rows:

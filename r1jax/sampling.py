@@ -109,8 +109,16 @@ def _ends(tokens_NT, t, tok_N, s: SamplingConfig):
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "s", "group_size"))
-def generate(params, prompt_tokens_BP, prompt_mask_BP, key, *, cfg: ModelConfig,
-             s: SamplingConfig, group_size: int = 1):  # fmt: skip
+def generate(
+    params,
+    prompt_tokens_BP,
+    prompt_mask_BP,
+    key,
+    *,
+    cfg: ModelConfig,
+    s: SamplingConfig,
+    group_size: int = 1,
+):
     """Samples `group_size` completions per prompt. Rows are prompt-major: n = b * G + g.
 
     Returns a dict of [N, max_new_tokens] arrays `tokens` (pad after the end), `logp`, `mask`
@@ -129,8 +137,9 @@ def generate(params, prompt_tokens_BP, prompt_mask_BP, key, *, cfg: ModelConfig,
         tok, logp = _pick(jax.random.fold_in(key, t), logits, s)
         tok = jnp.where(done, s.pad_id, tok)
         toks = jax.lax.dynamic_update_slice_in_dim(toks, tok[:, None], t, axis=1)
-        logps = jax.lax.dynamic_update_slice_in_dim(logps, jnp.where(done, 0.0, logp)[:, None],
-                                                    t, axis=1)  # fmt: skip
+        logps = jax.lax.dynamic_update_slice_in_dim(
+            logps, jnp.where(done, 0.0, logp)[:, None], t, axis=1
+        )
         new_done = done | _ends(toks, t, tok, s) | (t >= T - 1)
         h, suffix = tfm.decode_step(params, tok, start_pos + t, prefix, suffix, cfg)
         logits = tfm.logits_from_hidden(params, h, cfg)
@@ -141,8 +150,14 @@ def generate(params, prompt_tokens_BP, prompt_mask_BP, key, *, cfg: ModelConfig,
         return state
 
     toks0 = jnp.full((N, T_pad), s.pad_id, jnp.int32)
-    state = (tfm.init_suffix(cfg, N, T_pad), logits, toks0, jnp.zeros((N, T_pad), jnp.float32),
-             jnp.zeros((N,), bool), jnp.zeros((), jnp.int32))  # fmt: skip
+    state = (
+        tfm.init_suffix(cfg, N, T_pad),
+        logits,
+        toks0,
+        jnp.zeros((N, T_pad), jnp.float32),
+        jnp.zeros((N,), bool),
+        jnp.zeros((), jnp.int32),
+    )
     state = jax.lax.while_loop(lambda st: (st[5] < T) & ~jnp.all(st[4]), chunk, state)
     _, _, toks, logps, _, _ = state
     toks, logps = toks[:, :T], logps[:, :T]
@@ -152,8 +167,13 @@ def generate(params, prompt_tokens_BP, prompt_mask_BP, key, *, cfg: ModelConfig,
     length = jnp.where(ended < T, ended + 1, T)
     mask = (idx[None] < length[:, None]).astype(jnp.int32)
     toks = jnp.where(mask > 0, toks, s.pad_id)
-    return {"tokens": toks, "logp": logps * mask, "mask": mask, "length": length,
-            "truncated": ended >= T}  # fmt: skip
+    return {
+        "tokens": toks,
+        "logp": logps * mask,
+        "mask": mask,
+        "length": length,
+        "truncated": ended >= T,
+    }
 
 
 def _first_end(row_T, s: SamplingConfig):
@@ -170,18 +190,30 @@ def _first_end(row_T, s: SamplingConfig):
     return jnp.min(jnp.where(ends, jnp.arange(T), T))
 
 
-def sample_texts(params, cfg: ModelConfig, tokenizer, prompts: list[str], s: SamplingConfig,
-                 num_samples: int = 1, seed: int = 0) -> list[dict]:  # fmt: skip
+def sample_texts(
+    params,
+    cfg: ModelConfig,
+    tokenizer,
+    prompts: list[str],
+    s: SamplingConfig,
+    num_samples: int = 1,
+    seed: int = 0,
+) -> list[dict]:
     """Text in, text out: for scripts and notebooks. Rows are prompt-major."""
     ids = [tokenizer.encode(p, add_bos=True) for p in prompts]
     tokens, mask = pad_prompts(ids, s.pad_id)
-    out = jax.device_get(generate(params, tokens, mask, jax.random.key(seed), cfg=cfg, s=s,
-                                  group_size=num_samples))  # fmt: skip
+    out = jax.device_get(
+        generate(params, tokens, mask, jax.random.key(seed), cfg=cfg, s=s, group_size=num_samples)
+    )
     rows = []
     for n in range(len(prompts) * num_samples):
         completion = [int(t) for t in out["tokens"][n, : out["length"][n]]]
-        rows.append({"prompt": prompts[n // num_samples],
-                     "completion": tokenizer.decode(completion),
-                     "token_ids": completion,
-                     "truncated": bool(out["truncated"][n])})  # fmt: skip
+        rows.append(
+            {
+                "prompt": prompts[n // num_samples],
+                "completion": tokenizer.decode(completion),
+                "token_ids": completion,
+                "truncated": bool(out["truncated"][n]),
+            }
+        )
     return rows

@@ -39,7 +39,8 @@ RULES: dict[str, tuple[str, ...]] = {
 def make_mesh(shape: Sequence[tuple[str, int]] = (("fsdp", -1),), devices=None) -> Mesh:
     """Builds a mesh from [(axis, size), ...]; one size may be -1 (all remaining devices).
 
-    Axes not named get size 1, so every mesh has the three axes of MESH_AXES.
+    Axes not named get size 1, so every mesh has the three axes of MESH_AXES. A mesh smaller
+    than the device count (and without -1) uses the first devices, e.g. [("fsdp", 1)] for one.
     """
     devices = list(jax.devices() if devices is None else devices)
     sizes = dict.fromkeys(MESH_AXES, 1)
@@ -57,6 +58,8 @@ def make_mesh(shape: Sequence[tuple[str, int]] = (("fsdp", -1),), devices=None) 
                 f"config.mesh {shape}: {len(devices)} devices not divisible by {known}"
             )
         sizes[free[0]] = len(devices) // known
+    if not free and math.prod(sizes.values()) < len(devices):
+        devices = devices[: math.prod(sizes.values())]
     if math.prod(sizes.values()) != len(devices):
         raise ValueError(
             f"config.mesh {shape} needs {math.prod(sizes.values())} devices, have {len(devices)}"

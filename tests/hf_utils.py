@@ -9,23 +9,47 @@ import numpy as np
 # embeddings; Llama-3 rope scaling with a short original context so that it matters.
 TINY_HF = {
     "qwen2": dict(
-        model_type="qwen2", hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, vocab_size=128, tie_word_embeddings=True,
+        model_type="qwen2",
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=128,
+        tie_word_embeddings=True,
         rope_theta=10000.0,
     ),
     "qwen3": dict(
-        model_type="qwen3", hidden_size=48, intermediate_size=80, num_hidden_layers=3,
-        num_attention_heads=6, num_key_value_heads=2, head_dim=16, vocab_size=120,
-        tie_word_embeddings=False, rope_theta=1e6,
+        model_type="qwen3",
+        hidden_size=48,
+        intermediate_size=80,
+        num_hidden_layers=3,
+        num_attention_heads=6,
+        num_key_value_heads=2,
+        head_dim=16,
+        vocab_size=120,
+        tie_word_embeddings=False,
+        rope_theta=1e6,
     ),
     "llama": dict(
-        model_type="llama", hidden_size=64, intermediate_size=112, num_hidden_layers=2,
-        num_attention_heads=8, num_key_value_heads=2, vocab_size=136, tie_word_embeddings=False,
+        model_type="llama",
+        hidden_size=64,
+        intermediate_size=112,
+        num_hidden_layers=2,
+        num_attention_heads=8,
+        num_key_value_heads=2,
+        vocab_size=136,
+        tie_word_embeddings=False,
         rope_theta=500000.0,
-        rope_scaling=dict(rope_type="llama3", factor=8.0, low_freq_factor=1.0,
-                          high_freq_factor=4.0, original_max_position_embeddings=16),
+        rope_scaling=dict(
+            rope_type="llama3",
+            factor=8.0,
+            low_freq_factor=1.0,
+            high_freq_factor=4.0,
+            original_max_position_embeddings=16,
+        ),
     ),
-}  # fmt: skip
+}
 
 
 def make_hf_model(path, kind, init_std=0.02, seed=0, vocab=None, bos=None, eos=None):
@@ -37,10 +61,14 @@ def make_hf_model(path, kind, init_std=0.02, seed=0, vocab=None, bos=None, eos=N
     kw.pop("model_type")
     if vocab is not None:
         kw["vocab_size"] = vocab
-    cls = {"qwen2": transformers.Qwen2Config, "qwen3": transformers.Qwen3Config,
-           "llama": transformers.LlamaConfig}[kind]  # fmt: skip
-    config = cls(**kw, initializer_range=init_std, bos_token_id=bos, eos_token_id=eos,
-                 pad_token_id=None)  # fmt: skip
+    cls = {
+        "qwen2": transformers.Qwen2Config,
+        "qwen3": transformers.Qwen3Config,
+        "llama": transformers.LlamaConfig,
+    }[kind]
+    config = cls(
+        **kw, initializer_range=init_std, bos_token_id=bos, eos_token_id=eos, pad_token_id=None
+    )
     torch.manual_seed(seed)
     model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     # Norm weights and biases start at 1 and 0: perturb them so the parity test sees them.

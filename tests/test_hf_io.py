@@ -42,8 +42,9 @@ def test_export_then_transformers_gives_same_logits(qwen3_dir, tmp_path):
     model = transformers.AutoModelForCausalLM.from_pretrained(out_dir)
     tokens, mask = left_padded_batch(np.random.default_rng(0), cfg.vocab_size, [6, 11], 11)
     ours = np.asarray(logits(params, tokens, mask, cfg))
-    np.testing.assert_allclose(ours[mask > 0], torch_logits(model, tokens, mask)[mask > 0],
-                               atol=1e-4)  # fmt: skip
+    np.testing.assert_allclose(
+        ours[mask > 0], torch_logits(model, tokens, mask)[mask > 0], atol=1e-4
+    )
 
 
 def test_import_export_import_is_bit_identical(qwen3_dir, tmp_path):
@@ -96,23 +97,55 @@ def _rewrite_tensors(path, fn):
 @pytest.mark.parametrize(
     "case, mutate, message",
     [
-        ("missing", lambda d: _rewrite_tensors(d, lambda t: {k: v for k, v in t.items()
-         if k != "model.layers.1.mlp.up_proj.weight"}),
-         "missing tensor 'model.layers.1.mlp.up_proj.weight'"),
-        ("shape", lambda d: _rewrite_tensors(d, lambda t: {**t, "model.norm.weight":
-         np.ones(7, np.float32)}), "tensor 'model.norm.weight' has shape [7]"),
-        ("dtype", lambda d: _rewrite_tensors(d, lambda t: {**t, "model.norm.weight":
-         t["model.norm.weight"].astype(np.int32)}), "tensor 'model.norm.weight' has dtype I32"),
-        ("arch", lambda d: edit_json(os.path.join(d, "config.json"), model_type="mamba",
-         architectures=["MambaForCausalLM"]), "unknown architecture"),
-        ("sliding", lambda d: edit_json(os.path.join(d, "config.json"), use_sliding_window=True),
-         "use_sliding_window"),
-        ("rope", lambda d: edit_json(os.path.join(d, "config.json"), rope_parameters={
-         "rope_type": "yarn", "factor": 4.0, "rope_theta": 1e6}), "rope scaling type 'yarn'"),
+        (
+            "missing",
+            lambda d: _rewrite_tensors(
+                d,
+                lambda t: {k: v for k, v in t.items() if k != "model.layers.1.mlp.up_proj.weight"},
+            ),
+            "missing tensor 'model.layers.1.mlp.up_proj.weight'",
+        ),
+        (
+            "shape",
+            lambda d: _rewrite_tensors(
+                d, lambda t: {**t, "model.norm.weight": np.ones(7, np.float32)}
+            ),
+            "tensor 'model.norm.weight' has shape [7]",
+        ),
+        (
+            "dtype",
+            lambda d: _rewrite_tensors(
+                d, lambda t: {**t, "model.norm.weight": t["model.norm.weight"].astype(np.int32)}
+            ),
+            "tensor 'model.norm.weight' has dtype I32",
+        ),
+        (
+            "arch",
+            lambda d: edit_json(
+                os.path.join(d, "config.json"),
+                model_type="mamba",
+                architectures=["MambaForCausalLM"],
+            ),
+            "unknown architecture",
+        ),
+        (
+            "sliding",
+            lambda d: edit_json(os.path.join(d, "config.json"), use_sliding_window=True),
+            "use_sliding_window",
+        ),
+        (
+            "rope",
+            lambda d: edit_json(
+                os.path.join(d, "config.json"),
+                rope_parameters={"rope_type": "yarn", "factor": 4.0, "rope_theta": 1e6},
+            ),
+            "rope scaling type 'yarn'",
+        ),
     ],
-)  # fmt: skip
-def test_bad_checkpoints_fail_before_allocating(qwen3_dir, tmp_path, monkeypatch, case, mutate,
-                                                message):  # fmt: skip
+)
+def test_bad_checkpoints_fail_before_allocating(
+    qwen3_dir, tmp_path, monkeypatch, case, mutate, message
+):
     bad = _broken_copy(qwen3_dir, str(tmp_path / case), mutate)
 
     def no_alloc(*a, **k):
@@ -146,8 +179,14 @@ def test_sample_cli_greedy_equals_transformers_generate(kind, tmp_path):
     _word_tokenizer(path, vocab)
     prompts = [[5, 9, 17, 3], [11, 2]]
     out = str(tmp_path / "out.jsonl")
-    cmd = [sys.executable, os.path.join(ROOT, "launch", "sample.py"), f"--checkpoint={path}",
-           "--max_new_tokens=32", "--temperature=0", f"--output={out}"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        os.path.join(ROOT, "launch", "sample.py"),
+        f"--checkpoint={path}",
+        "--max_new_tokens=32",
+        "--temperature=0",
+        f"--output={out}",
+    ]
     for p in prompts:
         cmd.append("--prompt=" + " ".join(f"w{i}" for i in p))
     subprocess.run(cmd, check=True, capture_output=True)
@@ -155,6 +194,7 @@ def test_sample_cli_greedy_equals_transformers_generate(kind, tmp_path):
     assert [len(r["token_ids"]) for r in rows] == [32, 32]
     assert len({t for r in rows for t in r["token_ids"]}) > 8  # not a degenerate repetition
     for p, row in zip(prompts, rows, strict=True):
-        ref = model.generate(torch.tensor([p]), max_new_tokens=32, do_sample=False,
-                             eos_token_id=None, pad_token_id=0)  # fmt: skip
+        ref = model.generate(
+            torch.tensor([p]), max_new_tokens=32, do_sample=False, eos_token_id=None, pad_token_id=0
+        )
         assert row["token_ids"] == ref[0, len(p) :].tolist()

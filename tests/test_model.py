@@ -49,7 +49,8 @@ def test_logits_match_transformers_with_left_padding(hf_model):
 
 
 def _tiny(**kw):
-    return get_preset("tiny", init_std=0.1, **kw)
+    small = dict(d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=16, d_ff=160)
+    return get_preset("tiny", init_std=0.1, **{**small, **kw})
 
 
 def test_kv_cache_decode_equals_full_forward_at_every_position():
@@ -89,8 +90,9 @@ def test_chunked_logprobs_and_entropy_equal_direct():
     p = np.exp(z - logz[..., None])
     ref_ent = -(p * np.log(p)).sum(-1)
     for chunk in (64, 8192):
-        lp, ent = token_logprobs(params, h, tokens, cfg, temperature=0.7, vocab_chunk=chunk,
-                                 with_entropy=True)  # fmt: skip
+        lp, ent = token_logprobs(
+            params, h, tokens, cfg, temperature=0.7, vocab_chunk=chunk, with_entropy=True
+        )
         np.testing.assert_allclose(lp, ref_lp, atol=2e-5)
         np.testing.assert_allclose(ent, ref_ent, atol=2e-5)
 
@@ -123,11 +125,22 @@ def test_forward_on_8_devices_equals_single_device():
 
 # Published sizes (model cards), in billions, to the digits they are published with.
 PUBLISHED = {
-    "qwen2.5-0.5b": 0.49, "qwen2.5-1.5b": 1.54, "qwen2.5-3b": 3.09, "qwen2.5-7b": 7.61,
-    "qwen2.5-math-1.5b": 1.54, "qwen2.5-math-7b": 7.62, "qwen3-0.6b": 0.6, "qwen3-1.7b": 1.7,
-    "qwen3-4b": 4.0, "qwen3-8b": 8.2, "llama3.2-1b": 1.24, "llama3.2-3b": 3.21,
-    "llama3.1-8b": 8.03, "r1-distill-qwen-1.5b": 1.78, "r1-distill-qwen-7b": 7.62,
-}  # fmt: skip
+    "qwen2.5-0.5b": 0.49,
+    "qwen2.5-1.5b": 1.54,
+    "qwen2.5-3b": 3.09,
+    "qwen2.5-7b": 7.61,
+    "qwen2.5-math-1.5b": 1.54,
+    "qwen2.5-math-7b": 7.62,
+    "qwen3-0.6b": 0.6,
+    "qwen3-1.7b": 1.7,
+    "qwen3-4b": 4.0,
+    "qwen3-8b": 8.2,
+    "llama3.2-1b": 1.24,
+    "llama3.2-3b": 3.21,
+    "llama3.1-8b": 8.03,
+    "r1-distill-qwen-1.5b": 1.78,
+    "r1-distill-qwen-7b": 7.62,
+}
 
 
 @pytest.mark.parametrize("name", sorted(PUBLISHED))

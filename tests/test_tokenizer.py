@@ -69,10 +69,16 @@ def qwen_dir(tmp_path_factory):
     tok.save(str(d / "tokenizer.json"))
     ids = {t: tok.token_to_id(t) for t in SPECIALS + ["<think>", "</think>"]}
     decoder = {
-        str(i): {"content": t, "special": t in SPECIALS, "normalized": False, "lstrip": False,
-                 "rstrip": False, "single_word": False}
+        str(i): {
+            "content": t,
+            "special": t in SPECIALS,
+            "normalized": False,
+            "lstrip": False,
+            "rstrip": False,
+            "single_word": False,
+        }
         for t, i in ids.items()
-    }  # fmt: skip
+    }
     config = {
         "tokenizer_class": "Qwen2Tokenizer",
         "added_tokens_decoder": decoder,
@@ -88,8 +94,11 @@ def qwen_dir(tmp_path_factory):
         "split_special_tokens": False,
     }
     (d / "tokenizer_config.json").write_text(json.dumps(config))
-    gen = {"bos_token_id": ids["<|endoftext|>"], "pad_token_id": ids["<|endoftext|>"],
-           "eos_token_id": [ids["<|im_end|>"], ids["<|endoftext|>"]]}  # fmt: skip
+    gen = {
+        "bos_token_id": ids["<|endoftext|>"],
+        "pad_token_id": ids["<|endoftext|>"],
+        "eos_token_id": [ids["<|im_end|>"], ids["<|endoftext|>"]],
+    }
     (d / "generation_config.json").write_text(json.dumps(gen))
     return d
 
@@ -176,8 +185,10 @@ def _corpus(n=600, seed=0):
     for _ in range(n):
         a, b = rng.randint(0, 999), rng.randint(0, 999)
         w = " ".join(rng.choice(words) for _ in range(4))
-        out.append(f"User: {w} {a} + {b}?\nAssistant: <think> {a}+{b}={a + b} </think>\n"
-                   f"<answer> {a + b} </answer>")  # fmt: skip
+        out.append(
+            f"User: {w} {a} + {b}?\nAssistant: <think> {a}+{b}={a + b} </think>\n"
+            f"<answer> {a + b} </answer>"
+        )
     return out
 
 
@@ -191,8 +202,14 @@ def test_sentencepiece_digits_tags_roundtrip(sp_tok):
     pieces = lambda s: [sp_tok.sp.id_to_piece(i) for i in sp_tok.encode(s)]  # noqa: E731
     assert [p for p in pieces("1234567890") if p != "▁"] == list("1234567890")
     assert pieces("<think>12</think><answer>3</answer>") == [
-        "<think>", "1", "2", "</think>", "<answer>", "3", "</answer>"
-    ]  # fmt: skip
+        "<think>",
+        "1",
+        "2",
+        "</think>",
+        "<answer>",
+        "3",
+        "</answer>",
+    ]
     assert sp_tok.token_to_id("<think>") == 4 and sp_tok.token_to_id("</answer>") == 7
     for text in [*_corpus(3, seed=1), "  two  spaces\tand tab\n", "unseen: é 中 🙂 ~"]:
         assert sp_tok.decode(sp_tok.encode(text)) == text

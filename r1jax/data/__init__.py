@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from r1jax.data import embedded  # noqa: F401  (registers the embedded task)
 from r1jax.data.iterator import DataIterator, IndexPermutation
 from r1jax.data.sources import (
     NAMED_SOURCES,

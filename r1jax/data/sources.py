@@ -156,8 +156,22 @@ def _aime2024(row: dict, default_id: str) -> dict:
     return out
 
 
+def _sft(row: dict, default_id: str) -> dict:
+    # Supervised pairs (cold start, rejection sampling, distillation): prompt and completion text.
+    completion = _text(row, "completion")
+    if not completion.strip():
+        raise FieldError("completion", "empty completion (nothing to train on)")
+    return {
+        **row,
+        "id": default_id if row.get("id") is None else str(row["id"]),
+        "prompt": _text(row, "prompt"),
+        "completion": completion,
+    }
+
+
 SCHEMAS: dict[str, Callable[[dict, str], dict]] = {
     "canonical": _canonical,
+    "sft": _sft,
     "gsm8k": _gsm8k,
     "math": _math,
     "math500": _math500,

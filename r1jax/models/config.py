@@ -65,26 +65,70 @@ class ModelConfig:
 
 
 def _qwen25(d, layers, heads, kv, ff, vocab=151_936, tie=True, theta=1e6, max_len=32_768):
-    return ModelConfig(vocab, d, layers, heads, kv, d // heads, ff, "qwen2", theta, None, 1e-6,
-                       qkv_bias=True, tie_embeddings=tie, max_seq_len=max_len,
-                       bos_id=151_643, eos_ids=(151_643,))  # fmt: skip
+    return ModelConfig(
+        vocab,
+        d,
+        layers,
+        heads,
+        kv,
+        d // heads,
+        ff,
+        "qwen2",
+        theta,
+        None,
+        1e-6,
+        qkv_bias=True,
+        tie_embeddings=tie,
+        max_seq_len=max_len,
+        bos_id=151_643,
+        eos_ids=(151_643,),
+    )
 
 
 def _qwen3(d, layers, heads, ff, tie=True):
-    return ModelConfig(151_936, d, layers, heads, 8, 128, ff, "qwen3", 1e6, None, 1e-6,
-                       qk_norm=True, tie_embeddings=tie, max_seq_len=40_960,
-                       bos_id=151_643, eos_ids=(151_645,))  # fmt: skip
+    return ModelConfig(
+        151_936,
+        d,
+        layers,
+        heads,
+        8,
+        128,
+        ff,
+        "qwen3",
+        1e6,
+        None,
+        1e-6,
+        qk_norm=True,
+        tie_embeddings=tie,
+        max_seq_len=40_960,
+        bos_id=151_643,
+        eos_ids=(151_645,),
+    )
 
 
 def _llama3(d, layers, heads, ff, tie, factor):
-    return ModelConfig(128_256, d, layers, heads, 8, d // heads, ff, "llama", 500_000.0,
-                       (factor, 1.0, 4.0, 8192), 1e-5, tie_embeddings=tie, max_seq_len=131_072,
-                       bos_id=128_000, eos_ids=(128_001, 128_008, 128_009))  # fmt: skip
+    return ModelConfig(
+        128_256,
+        d,
+        layers,
+        heads,
+        8,
+        d // heads,
+        ff,
+        "llama",
+        500_000.0,
+        (factor, 1.0, 4.0, 8192),
+        1e-5,
+        tie_embeddings=tie,
+        max_seq_len=131_072,
+        bos_id=128_000,
+        eos_ids=(128_001, 128_008, 128_009),
+    )
 
 
 PRESETS: dict[str, ModelConfig] = {
-    # For tests: prime-ish sizes make shape mistakes visible.
-    "tiny": ModelConfig(256, 64, 2, 4, 2, 16, 160, "qwen2", qkv_bias=True, tie_embeddings=True),
+    # ~4M parameters, Qwen2 layout: CPU benchmarks and smoke runs (tests shrink it further).
+    "tiny": ModelConfig(256, 256, 4, 4, 2, 64, 1024, "qwen2", qkv_bias=True, tie_embeddings=True),
     "qwen2.5-0.5b": _qwen25(896, 24, 14, 2, 4864),
     "qwen2.5-1.5b": _qwen25(1536, 28, 12, 2, 8960),
     "qwen2.5-3b": _qwen25(2048, 36, 16, 2, 11008),
@@ -195,8 +239,13 @@ def to_hf_config(cfg: ModelConfig, dtype: str = "float32") -> dict[str, Any]:
     rope: dict[str, Any] = {"rope_theta": cfg.rope_theta, "rope_type": "default"}
     if cfg.rope_llama3:
         factor, low, high, orig = cfg.rope_llama3
-        rope.update(rope_type="llama3", factor=factor, low_freq_factor=low,
-                    high_freq_factor=high, original_max_position_embeddings=orig)  # fmt: skip
+        rope.update(
+            rope_type="llama3",
+            factor=factor,
+            low_freq_factor=low,
+            high_freq_factor=high,
+            original_max_position_embeddings=orig,
+        )
     hf = {
         "architectures": [ARCHITECTURES[cfg.arch]],
         "model_type": cfg.arch,

@@ -31,9 +31,16 @@ from r1jax.models.config import ModelConfig
 
 _DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16}
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-                   "generation_config.json", "tokenizer.model", "vocab.json", "merges.txt",
-                   "chat_template.jinja")  # fmt: skip
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "generation_config.json",
+    "tokenizer.model",
+    "vocab.json",
+    "merges.txt",
+    "chat_template.jinja",
+)
 
 
 class CheckpointError(ValueError):
@@ -100,8 +107,15 @@ class Entry:
 
 
 def layout(cfg: ModelConfig) -> list[Entry]:
-    D, H, K, Dh, F, V, L = (cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.d_ff,
-                            cfg.vocab_size, cfg.n_layers)  # fmt: skip
+    D, H, K, Dh, F, V, L = (
+        cfg.d_model,
+        cfg.n_heads,
+        cfg.n_kv_heads,
+        cfg.head_dim,
+        cfg.d_ff,
+        cfg.vocab_size,
+        cfg.n_layers,
+    )
     ident = lambda x: x  # noqa: E731
     T = lambda x: x.T  # noqa: E731
 
@@ -116,8 +130,12 @@ def layout(cfg: ModelConfig) -> list[Entry]:
         "wq": ("self_attn.q_proj.weight", (H * Dh, D), *proj_in(H)),
         "wk": ("self_attn.k_proj.weight", (K * Dh, D), *proj_in(K)),
         "wv": ("self_attn.v_proj.weight", (K * Dh, D), *proj_in(K)),
-        "wo": ("self_attn.o_proj.weight", (D, H * Dh),
-               lambda x: x.T.reshape(H, Dh, D), lambda x: x.reshape(H * Dh, D).T),
+        "wo": (
+            "self_attn.o_proj.weight",
+            (D, H * Dh),
+            lambda x: x.T.reshape(H, Dh, D),
+            lambda x: x.reshape(H * Dh, D).T,
+        ),
         "mlp_norm": ("post_attention_layernorm.weight", (D,), ident, ident),
         "w_gate": ("mlp.gate_proj.weight", (F, D), T, T),
         "w_up": ("mlp.up_proj.weight", (F, D), T, T),
@@ -127,7 +145,7 @@ def layout(cfg: ModelConfig) -> list[Entry]:
         "bv": ("self_attn.v_proj.bias", (K * Dh,), *bias(K)),
         "q_norm": ("self_attn.q_norm.weight", (Dh,), ident, ident),
         "k_norm": ("self_attn.k_norm.weight", (Dh,), ident, ident),
-    }  # fmt: skip
+    }
     specs = tfm.param_specs(cfg)
     entries = [Entry(("embed",), ("model.embed_tokens.weight",), (V, D), ident, ident, False)]
     for key in specs["layers"]:
@@ -193,8 +211,11 @@ def load_hf(path: str, mesh=None, **cfg_overrides) -> tuple[ModelConfig, dict]:
 
     params: dict = {"layers": {}}
     for e in layout(cfg):
-        shape = (cfg.n_layers,) + tfm.param_specs(cfg)["layers"][e.path[1]].shape[1:] \
-            if e.stacked else _get(tfm.param_specs(cfg), e.path).shape  # fmt: skip
+        shape = (
+            (cfg.n_layers,) + tfm.param_specs(cfg)["layers"][e.path[1]].shape[1:]
+            if e.stacked
+            else _get(tfm.param_specs(cfg), e.path).shape
+        )
 
         def callback(index, e=e):
             if not e.stacked:
@@ -207,8 +228,15 @@ def load_hf(path: str, mesh=None, **cfg_overrides) -> tuple[ModelConfig, dict]:
     return cfg, params
 
 
-def save_hf(params, cfg: ModelConfig, path: str, *, dtype: str = "float32",
-            tokenizer_dir: str | None = None, max_shard_bytes: int = 2 << 30) -> None:  # fmt: skip
+def save_hf(
+    params,
+    cfg: ModelConfig,
+    path: str,
+    *,
+    dtype: str = "float32",
+    tokenizer_dir: str | None = None,
+    max_shard_bytes: int = 2 << 30,
+) -> None:
     """Writes a directory that transformers' from_pretrained loads. Atomic: a temp dir is
     filled and renamed into place, so a crash never leaves a half-written checkpoint."""
     np_dtype = np.dtype(_DTYPES[{"float32": "F32", "bfloat16": "BF16", "float16": "F16"}[dtype]])

@@ -43,8 +43,15 @@ class ParamSpec:
 
 
 def param_specs(cfg: ModelConfig) -> Params:
-    L, D, H, K, Dh, F, V = (cfg.n_layers, cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim,
-                            cfg.d_ff, cfg.vocab_size)  # fmt: skip
+    L, D, H, K, Dh, F, V = (
+        cfg.n_layers,
+        cfg.d_model,
+        cfg.n_heads,
+        cfg.n_kv_heads,
+        cfg.head_dim,
+        cfg.d_ff,
+        cfg.vocab_size,
+    )
     lay = lambda *shape_axes, init="normal": ParamSpec(  # noqa: E731
         (L,) + tuple(s for s, _ in shape_axes), ("layers",) + tuple(a for _, a in shape_axes), init
     )
@@ -82,13 +89,15 @@ def _is_spec(x) -> bool:
 
 def abstract_params(cfg: ModelConfig) -> Params:
     dtype = jnp.dtype(cfg.param_dtype)
-    return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, dtype), param_specs(cfg),
-                        is_leaf=_is_spec)  # fmt: skip
+    return jax.tree.map(
+        lambda s: jax.ShapeDtypeStruct(s.shape, dtype), param_specs(cfg), is_leaf=_is_spec
+    )
 
 
 def param_shardings(cfg: ModelConfig, mesh) -> Params:
-    return jax.tree.map(lambda s: shd.named_sharding(s.axes, s.shape, mesh), param_specs(cfg),
-                        is_leaf=_is_spec)  # fmt: skip
+    return jax.tree.map(
+        lambda s: shd.named_sharding(s.axes, s.shape, mesh), param_specs(cfg), is_leaf=_is_spec
+    )
 
 
 def count_params(cfg: ModelConfig) -> int:
@@ -205,8 +214,14 @@ def embed(params, tokens, cfg: ModelConfig):
     return params["embed"][tokens].astype(cfg.dtype)
 
 
-def forward(params: Params, tokens_NT, positions_NT, segment_ids_NT, cfg: ModelConfig,
-            return_kv: bool = False):  # fmt: skip
+def forward(
+    params: Params,
+    tokens_NT,
+    positions_NT,
+    segment_ids_NT,
+    cfg: ModelConfig,
+    return_kv: bool = False,
+):
     """Hidden states after the final norm, [N,T,D]; with return_kv also (k, v) [L,N,T,K,Dh].
 
     segment_ids_NT: 0 marks padding; rows may hold several packed segments (1, 2, ...).
@@ -240,9 +255,16 @@ def logits(params: Params, tokens_NT, mask_NT, cfg: ModelConfig):
     return logits_from_hidden(params, h, cfg)
 
 
-def token_logprobs(params: Params, h_NTD, targets_NT, cfg: ModelConfig, *,
-                   temperature: float = 1.0, vocab_chunk: int = 8192,
-                   with_entropy: bool = False):  # fmt: skip
+def token_logprobs(
+    params: Params,
+    h_NTD,
+    targets_NT,
+    cfg: ModelConfig,
+    *,
+    temperature: float = 1.0,
+    vocab_chunk: int = 8192,
+    with_entropy: bool = False,
+):
     """log softmax(logits / temperature)[target] in fp32, and optionally the entropy.
 
     Over vocabulary chunks with an online logsumexp, each chunk rematerialised in the backward
@@ -300,8 +322,11 @@ def init_suffix(cfg: ModelConfig, n: int, max_len: int, dtype=None) -> dict:
     """An empty per-row cache for max_len generated tokens; rows advance in lockstep."""
     shape = (cfg.n_layers, n, max_len, cfg.n_kv_heads, cfg.head_dim)
     dtype = dtype or cfg.dtype
-    return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype),
-            "index": jnp.zeros((), jnp.int32)}  # fmt: skip
+    return {
+        "k": jnp.zeros(shape, dtype),
+        "v": jnp.zeros(shape, dtype),
+        "index": jnp.zeros((), jnp.int32),
+    }
 
 
 def _decode_attention(q_NHh, prefix_k, prefix_v, prefix_mask, k_NSKh, v_NSKh, valid_S):
@@ -312,8 +337,9 @@ def _decode_attention(q_NHh, prefix_k, prefix_v, prefix_mask, k_NSKh, v_NSKh, va
     q = q_NHh.reshape(b, g, K, r, dh)
     s_pre = jnp.einsum("bgkrh,bpkh->bgkrp", q, prefix_k, preferred_element_type=f32)
     s_pre = jnp.where(prefix_mask[:, None, None, None], s_pre, NEG_INF)
-    s_own = jnp.einsum("nkrh,nskh->nkrs", q.reshape(n, K, r, dh), k_NSKh,
-                       preferred_element_type=f32)  # fmt: skip
+    s_own = jnp.einsum(
+        "nkrh,nskh->nkrs", q.reshape(n, K, r, dh), k_NSKh, preferred_element_type=f32
+    )
     s_own = jnp.where(valid_S, s_own, NEG_INF).reshape(b, g, K, r, -1)
     p = jax.nn.softmax(jnp.concatenate([s_pre, s_own], -1) / math.sqrt(dh), axis=-1)
     p_pre, p_own = jnp.split(p.astype(prefix_v.dtype), [prefix_k.shape[1]], axis=-1)
@@ -322,8 +348,9 @@ def _decode_attention(q_NHh, prefix_k, prefix_v, prefix_mask, k_NSKh, v_NSKh, va
     return o.reshape(n, 1, H, dh)
 
 
-def decode_step(params: Params, tokens_N, positions_N, prefix: dict, suffix: dict,
-                cfg: ModelConfig):  # fmt: skip
+def decode_step(
+    params: Params, tokens_N, positions_N, prefix: dict, suffix: dict, cfg: ModelConfig
+):
     """Appends one token per row. Returns the hidden state [N,D] and the updated suffix.
 
     Row n belongs to prompt n // G, where G = N / B is inferred from the shapes.

@@ -1,0 +1,74 @@
+"""A tiny model directory and GRPO config for loop tests (seconds, not minutes)."""
+
+import os
+
+import jax
+import ml_collections
+
+from r1jax.checkpoint import save_model
+from r1jax.data import embedded
+from r1jax.models import get_preset, init_params
+from r1jax.tokenizer import train_sentencepiece
+
+
+def reward_sevens(prompts, completions, **fields):
+    """Share of '7' characters in the completion: easy for a random model to learn more of."""
+    return [c.count("7") / max(len(c), 1) for c in completions]
+
+
+def make_model_dir(path, seed=0, **overrides):
+    """A random small model with a SentencePiece tokenizer trained on the embedded corpus."""
+    tok_dir = os.path.join(path, "tok")
+    os.makedirs(tok_dir, exist_ok=True)
+    docs = [p + c for p, c in embedded.corpus(300, seed=1)]
+    tok = train_sentencepiece(
+        docs,
+        os.path.join(tok_dir, "sp"),
+        160,
+        byte_fallback=False,
+        split_by_whitespace=False,
+        max_sentencepiece_length=24,
+    )
+    small = dict(
+        d_model=32,
+        n_layers=2,
+        n_heads=2,
+        n_kv_heads=1,
+        head_dim=16,
+        d_ff=64,
+        vocab_size=tok.vocab_size,
+        init_std=0.05,
+    )
+    cfg = get_preset("tiny", **{**small, **overrides})
+    model = os.path.join(path, "model")
+    save_model(model, init_params(cfg, jax.random.key(seed)), cfg, tok_dir)
+    return model
+
+
+def tiny_config(model_dir, **changes):
+    from configs import r1zero
+
+    c = r1zero.get_config()
+    c.model.init = model_dir
+    c.model.overrides = dict(remat=False)
+    c.mesh = [("fsdp", 1)]
+    c.rewards = ml_collections.ConfigDict(
+        {"sevens": dict(name="tests.rl_utils:reward_sevens", weight=1.0)}
+    )
+    c.correctness = None
+    c.rollout.update(num_prompts=4, group_size=4, max_new_tokens=12, chunk=4, max_prompt_len=128)
+    c.rl.update(loss_type="grpo", beta=0.04, num_minibatches=2, micro_batch=4, ref_reset_every=3)
+    c.optim.update(lr=1e-3, warmup_steps=0, schedule="constant")
+    c.steps, c.log_every, c.ckpt_every, c.eval_every, c.samples_every = 4, 1, 2, 0, 2
+    c.eval.update(k=2, num_questions=4, prompts_per_batch=4, max_new_tokens=12)
+    for k, v in changes.items():
+        node, *path = k.split(".")
+        target = c
+        for p in [node, *path][:-1]:
+            target = target[p]
+        target[[node, *path][-1]] = v
+    return c
+
+
+def seed_everything():
+    return jax.random.key(0)
