@@ -27,6 +27,7 @@ REGISTRY: dict[str, tuple[str, dict[str, Any]]] = {
     "language": ("r1jax.rewards.language:language_consistency", {}),
     "code": ("r1jax.rewards.code:CodeReward", {}),
     "overlong": ("r1jax.rewards.overlong:OverlongPenalty", {}),
+    "reward_model": ("r1jax.reward_model:RewardModelReward", {}),
 }
 # Task-accuracy rewards: RewardStack takes `correct` from the one that is configured.
 ACCURACY_FNS = frozenset({"math", "math_dapo", "countdown", "code"})

@@ -1,0 +1,36 @@
+"""DAPO (Yu et al. 2025): token-level loss, clip-higher, no KL, soft overlong shaping, dynamic
+sampling. Defaults from the DAPO paper §4.1 (see shared/reference/anchors_pytorch.md §b).
+
+Embedded demo (CPU, minutes):
+  python launch/train.py --config=configs/dapo.py --workdir=/tmp/dapo
+The paper's recipe on a real base model (they used Qwen2.5-32B; reward +1/-1):
+  python launch/train.py --config=configs/dapo.py:model=DIR,data=math --workdir=...
+Expected on the embedded task: like r1zero, with train/gen_batches > 1 once many groups are
+solved by every sample (dynamic sampling draws more prompts).
+"""
+
+from configs import r1zero
+
+
+def get_config(arg=None):
+    c = r1zero.get_config(arg)
+    embedded = c.model.init == r1zero.EMBEDDED
+    c.rl.update(loss_type="dapo", beta=0.0, epsilon_low=0.2, epsilon_high=0.28,
+                dynamic_sampling=True, max_gen_batches=10 if not embedded else 3)  # fmt: skip
+    if c.rewards.accuracy.name == "math":
+        c.rewards.accuracy.name = "math_dapo"  # +1 correct / -1 wrong
+    max_len = c.rollout.max_new_tokens
+    cache = max_len // 5  # DAPO: 16,384 + 4,096 cache -> 20,480 generated tokens
+    c.rewards.overlong = dict(name="overlong", weight=1.0,
+                              kwargs=dict(max_len=max_len, cache_len=cache))  # fmt: skip
+    c.optim.update(warmup_steps=10 if embedded else 20, schedule="constant")
+    if not embedded:
+        c.optim.lr = 1e-6
+        c.rollout.update(num_prompts=512, group_size=16, max_new_tokens=20_480, top_p=1.0)
+        c.rl.num_minibatches = 16  # mini-batch 512 prompts x 16 / 16 updates
+        c.rewards.overlong.kwargs.update(max_len=20_480, cache_len=4_096)
+        c.eval.update(k=32, temperature=1.0, top_p=0.7)  # DAPO's avg@32 protocol
+    return c
+
+
+sweep = r1zero.sweep

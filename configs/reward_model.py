@@ -1,0 +1,57 @@
+"""Reward-model training on preference pairs (R1's helpful RM; Bradley-Terry loss).
+
+  python launch/reward_model.py --workdir=/tmp/rm \\
+    --config=configs/reward_model.py:model=/path/to/base,data=/path/to/pairs.jsonl
+`data` is a JSONL file of {"prompt", "chosen", "rejected"} rows; the model sees prompt + response
+exactly as written (format prompts the way the policy's prompts are, and give summaries only for
+a helpful RM that will score with scope="summary"). The result, WORKDIR/reward_model, plugs into
+GRPO as a reward (in-process: --config.reward_workers=0):
+  c.rewards.helpful = dict(name="reward_model", weight=1.0,
+                           kwargs=dict(checkpoint="/tmp/rm/reward_model", scope="summary"))
+R1 [V2 B.5]: 66,000 pairs, batch 256, lr 6e-6, 1 epoch, max length 8,192 (the defaults below;
+`steps` is then 66,000 / 256 = 258). R1's safety RM is trained pointwise, which this is not.
+"""
+
+import ml_collections
+
+
+def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
+    """'model=X,data=Y' -> ConfigDict(model='X', data='Y') over the defaults."""
+    out = dict(defaults)
+    for part in filter(None, (arg or "").split(",")):
+        key, _, value = part.partition("=")
+        if key not in defaults:
+            raise ValueError(f"--config argument {key!r} is unknown; known: {sorted(defaults)}")
+        out[key] = value
+    return ml_collections.ConfigDict(out)
+
+
+def get_config(arg=None):
+    arg = parse_arg(arg, model="embedded", data="pairs.jsonl")
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.mesh = [("fsdp", -1)]
+    # A model directory (r1jax or HF; a reward-model directory continues its head), "embedded",
+    # or "" for random weights of `preset`.
+    c.model = dict(init=arg.model, preset="tiny", overrides=dict(remat=True))
+    c.tokenizer = dict(path="")  # "" = the model directory's own tokenizer
+    c.data = dict(source="jsonl:" + arg.data, eval_fraction=0.02)
+    c.max_len = 8192  # tokens per prompt + response; longer ones keep their end
+    c.batch_pairs = 256
+    c.micro_pairs = 8  # pairs per forward/backward (2x rows); gradients accumulate exactly
+    c.steps = 258
+    c.optim = dict(
+        lr=6e-6,
+        warmup_steps=10,
+        schedule="constant",
+        min_lr_ratio=0.0,
+        weight_decay=0.0,
+        b1=0.9,
+        b2=0.95,
+        eps=1e-8,
+        grad_clip=1.0,
+        total_steps=0,
+    )
+    c.log_every = 10
+    c.ckpt_every = 100
+    return c

@@ -1,0 +1,423 @@
+"""A scalar reward model (R1's helpful and safety RMs): the transformer plus a linear head.
+
+  python launch/reward_model.py --config=configs/reward_model.py --workdir=DIR
+
+r(x) = w . h_last + b, where h_last [D] is the final-norm hidden state at the last real token of
+`prompt + response + EOS` (the EOS gives every sequence the same reading position) and the head
+is a [D] vector plus a scalar bias, declared like the model's parameters (`head_specs`).
+Trained on preference pairs (JSONL rows {prompt, chosen, rejected}) with the Bradley-Terry loss
+-log sigmoid(r_chosen - r_rejected), averaged over the pairs of the whole minibatch (exact under
+micro-batching). Sequences longer than `max_len` keep their last `max_len` tokens (the response).
+
+A reward-model directory is an r1jax model directory (loadable by checkpoint.load_model as the
+bare transformer) plus `reward_head.npz`.
+
+In GRPO, `RewardModelReward` is a reward function (registry name "reward_model"):
+  c.rewards.helpful = dict(name="reward_model", weight=1.0,
+                           kwargs=dict(checkpoint="/path/rm", scope="summary"))
+scope="summary" scores only the text after </think> (R1's helpful RM: "it scores the summary");
+scope="full" the whole response, reasoning included (R1's safety RM). It holds a model, so run
+the reward stack in-process (config.reward_workers=0): each worker process would otherwise load
+its own copy. The pool calls it one item at a time (batch 1, one compilation per length bucket);
+called directly on lists it scores `batch_size` rows at a time.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from r1jax import checkpoint, sampling
+from r1jax import sharding as shd
+from r1jax.models import transformer as tfm
+from r1jax.models.config import ModelConfig
+from r1jax.rewards.format import THINK_CLOSE, THINK_OPEN, with_prompt_prefix
+
+f32 = jnp.float32
+HEAD_FILE = "reward_head.npz"
+SCOPES = ("summary", "full")
+
+
+# ------------------------------------------------------------------------------- the head
+
+
+def head_specs(cfg: ModelConfig) -> dict:
+    return {
+        "w": tfm.ParamSpec((cfg.d_model,), ("embed",), "normal"),
+        "b": tfm.ParamSpec((), (), "zeros"),
+    }
+
+
+def head_shardings(cfg: ModelConfig, mesh) -> dict:
+    return {k: shd.named_sharding(s.axes, s.shape, mesh) for k, s in head_specs(cfg).items()}
+
+
+def init_head(cfg: ModelConfig, key, mesh) -> dict:
+    """w ~ N(0, init_std / sqrt(D)) (initial rewards of order init_std), b = 0; fp32."""
+    w = cfg.init_std / math.sqrt(cfg.d_model) * jax.random.normal(key, (cfg.d_model,), f32)
+    sh = head_shardings(cfg, mesh)
+    return {"w": jax.device_put(w, sh["w"]), "b": jax.device_put(jnp.zeros((), f32), sh["b"])}
+
+
+def last_token_index(mask_NS):
+    """Index of the last real token of each row (left- or right-padded)."""
+    S = mask_NS.shape[1]
+    return S - 1 - jnp.argmax(mask_NS[:, ::-1] > 0, axis=1)
+
+
+def scores(params, tokens_NS, mask_NS, cfg: ModelConfig):
+    """r [N] (fp32) for rows of tokens with their attention mask; params = {model, head}."""
+    mask = mask_NS.astype(jnp.int32)
+    h = tfm.forward(params["model"], tokens_NS, tfm.positions_from_mask(mask), mask, cfg)
+    h_last = jnp.take_along_axis(h, last_token_index(mask)[:, None, None], axis=1)[:, 0]
+    return h_last.astype(f32) @ params["head"]["w"].astype(f32) + params["head"]["b"]
+
+
+def bradley_terry_loss(r_chosen, r_rejected, weight=None):
+    """Mean of -log sigmoid(r_chosen - r_rejected) over pairs (weighted: sum(w l) / sum(w))."""
+    nll = jax.nn.softplus(r_rejected - r_chosen)
+    if weight is None:
+        return nll.mean()
+    return (weight * nll).sum() / jnp.maximum(weight.sum(), 1e-9)
+
+
+def _pair_terms(params, mb, cfg):
+    """(per-pair BT loss, r_chosen, r_rejected) for one micro-batch; one forward for both."""
+    toks = jnp.concatenate([mb["chosen_tokens"], mb["rejected_tokens"]])
+    mask = jnp.concatenate([mb["chosen_mask"], mb["rejected_mask"]])
+    rc, rr = jnp.split(scores(params, toks, mask, cfg), 2)
+    return jax.nn.softplus(rr - rc), rc, rr
+
+
+def _pair_metrics(nll, rc, rr, valid):
+    return {
+        "loss": (nll * valid).sum(),
+        "accuracy": ((rc > rr) * valid).sum(),
+        "margin": ((rc - rr) * valid).sum(),
+    }
+
+
+def make_rm_step(cfg: ModelConfig, optimizer, *, state_shardings, batch_shardings):
+    """Jitted fn(state, batch [n_micro, micro, ...]) -> (state, metrics); state is donated.
+
+    batch: chosen_tokens / chosen_mask / rejected_tokens / rejected_mask [.., S] and `valid`
+    [..] (0 for padding pairs). The loss is the mean over the valid pairs of the whole batch.
+    """
+
+    def micro_loss(params, mb, total):
+        nll, rc, rr = _pair_terms(params, mb, cfg)
+        m = jax.tree.map(jax.lax.stop_gradient, _pair_metrics(nll, rc, rr, mb["valid"]))
+        return (nll * mb["valid"]).sum() / total, m
+
+    grad_fn = jax.value_and_grad(micro_loss, has_aux=True)
+
+    def step(state, batch):
+        params = state["params"]
+        total = jnp.maximum(batch["valid"].sum(), 1.0)
+
+        def acc(carry, mb):
+            (_, m), g = grad_fn(params, mb, total)
+            return (jax.tree.map(jnp.add, carry[0], m), jax.tree.map(jnp.add, carry[1], g)), None
+
+        zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, f32), params)
+        m0 = {k: jnp.zeros((), f32) for k in ("loss", "accuracy", "margin")}
+        (m, grads), _ = jax.lax.scan(acc, (m0, zeros), batch)
+        m = {k: v / total for k, v in m.items()}
+        grad_norm = optax.global_norm(grads)
+        finite = jnp.isfinite(m["loss"]) & jnp.isfinite(grad_norm)
+        updates, new_opt = optimizer.update(grads, state["opt_state"], params)
+        new_params = optax.apply_updates(params, updates)
+        keep = functools.partial(jax.tree.map, lambda a, b: jnp.where(finite, a, b))
+        new_state = {
+            "params": keep(new_params, params),
+            "opt_state": keep(new_opt, state["opt_state"]),
+            "step": state["step"] + finite.astype(jnp.int32),
+        }
+        m.update(grad_norm=grad_norm, skipped=1.0 - finite.astype(f32))
+        return new_state, m
+
+    return jax.jit(
+        step,
+        in_shardings=(state_shardings, batch_shardings),
+        out_shardings=(state_shardings, None),
+        donate_argnums=(0,),
+    )
+
+
+def make_rm_eval(cfg: ModelConfig):
+    """Jitted fn(params, batch [n_micro, micro, ...]) -> sums {loss, accuracy, margin}."""
+
+    def f(params, batch):
+        def one(carry, mb):
+            m = _pair_metrics(*_pair_terms(params, mb, cfg), mb["valid"])
+            return jax.tree.map(jnp.add, carry, m), None
+
+        m0 = {k: jnp.zeros((), f32) for k in ("loss", "accuracy", "margin")}
+        return jax.lax.scan(one, m0, batch)[0]
+
+    return jax.jit(f)
+
+
+# ------------------------------------------------------------------------------ text -> rows
+
+
+def encode_text(tokenizer, prompt: str, response: str, max_len: int) -> tuple[list[int], bool]:
+    """Token ids of prompt (with BOS) + response + EOS, keeping the last max_len; (ids, cut)."""
+    ids = tokenizer.encode(prompt, add_bos=True) + tokenizer.encode(response) + [tokenizer.eos_id]
+    return ids[-max_len:], len(ids) > max_len
+
+
+def pad_right(rows: list[list[int]], pad_id: int, length: int) -> tuple[np.ndarray, np.ndarray]:
+    tokens = np.full((len(rows), length), pad_id, np.int32)
+    mask = np.zeros((len(rows), length), np.int32)
+    for i, r in enumerate(rows):
+        tokens[i, : len(r)], mask[i, : len(r)] = r, 1
+    return tokens, mask
+
+
+def load_pairs(source: str) -> list[dict]:
+    """Preference pairs from "jsonl:PATH" (or a path): rows with string prompt/chosen/rejected."""
+    from r1jax.data.sources import DataError, _jsonl_rows
+
+    path = source[len("jsonl:") :] if source.startswith("jsonl:") else source
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"config.data.source={source!r}: no such file")
+    out = []
+    for where, row in _jsonl_rows(path):
+        for k in ("prompt", "chosen", "rejected"):
+            if not isinstance(row, dict) or not isinstance(row.get(k), str):
+                raise DataError(f"{where}: field {k!r}: missing or not a string (pairs schema)")
+        out.append(row)
+    if not out:
+        raise DataError(f"{path}: no preference pairs")
+    return out
+
+
+def encode_pairs(pairs: list[dict], tokenizer, max_len: int) -> tuple[dict, int]:
+    """Right-padded [P, max_len] arrays for chosen and rejected, `valid` [P]; and #truncated."""
+    out, cut = {}, 0
+    for side in ("chosen", "rejected"):
+        enc = [encode_text(tokenizer, p["prompt"], p[side], max_len) for p in pairs]
+        cut += sum(c for _, c in enc)
+        out[f"{side}_tokens"], out[f"{side}_mask"] = pad_right(
+            [ids for ids, _ in enc], tokenizer.pad_id, max_len
+        )
+    out["valid"] = np.ones(len(pairs), np.float32)
+    return out, cut
+
+
+# --------------------------------------------------------------------------------- on disk
+
+
+def save_reward_model(path: str, params: dict, cfg: ModelConfig, tokenizer_dir=None) -> None:
+    """An r1jax model directory plus reward_head.npz; written aside, then renamed into place."""
+    path = os.path.abspath(path)
+    tmp = path + ".rm_tmp"
+    checkpoint.save_model(tmp, params["model"], cfg, tokenizer_dir)
+    head = jax.device_get(params["head"])
+    np.savez(os.path.join(tmp, HEAD_FILE), w=np.asarray(head["w"]), b=np.asarray(head["b"]))
+    shutil.rmtree(path, ignore_errors=True)
+    os.rename(tmp, path)
+
+
+def is_reward_model(path: str) -> bool:
+    return os.path.isfile(os.path.join(path, HEAD_FILE))
+
+
+def load_reward_model(path: str, mesh=None, **cfg_overrides) -> tuple[ModelConfig, dict]:
+    """(config, {model, head}) from a reward-model directory."""
+    if not is_reward_model(path):
+        raise FileNotFoundError(f"{path}: no {HEAD_FILE} (not a reward-model directory)")
+    mesh = mesh or shd.make_mesh((("fsdp", 1),), jax.devices()[:1])
+    cfg, model = checkpoint.load_model(path, mesh, **cfg_overrides)
+    with np.load(os.path.join(path, HEAD_FILE)) as z:
+        w, b = z["w"], z["b"]
+    if w.shape != (cfg.d_model,) or b.shape != ():
+        raise ValueError(
+            f"{path}/{HEAD_FILE}: head w{w.shape} b{b.shape}, expected w({cfg.d_model},) b()"
+        )
+    sh = head_shardings(cfg, mesh)
+    head = {"w": jax.device_put(w.astype(np.float32), sh["w"]), "b": jax.device_put(b, sh["b"])}
+    return cfg, {"model": model, "head": head}
+
+
+# ------------------------------------------------------------------------- as a reward function
+
+
+def summary_text(prompt: str, completion: str) -> str:
+    """What follows the think block (the R1 summary): "" if the block is never closed, the
+    whole completion if it has no think tags. A `<think>` opened by the prompt counts."""
+    text = with_prompt_prefix(prompt, completion)
+    if THINK_CLOSE in text:
+        return text.split(THINK_CLOSE, 1)[1]
+    return "" if THINK_OPEN in text else completion
+
+
+_score_jit = jax.jit(scores, static_argnames=("cfg",))
+
+
+class RewardModelReward:
+    """fn(prompts, completions, **fields) -> [r]: a trained reward model as a GRPO reward.
+
+    checkpoint: a reward-model directory (train_reward_model's WORKDIR/reward_model).
+    scope: "summary" (text after </think>, R1's helpful RM) or "full" (the whole completion).
+    max_len: tokens per scored sequence (longer ones keep their end); batch_size: rows per call
+    of the model when given lists; mesh: [(axis, size)] to shard the model (default 1 device).
+    The model is loaded on the first call, so building the function (validation) is cheap.
+    """
+
+    def __init__(
+        self,
+        *,
+        checkpoint: str,
+        scope: str = "summary",
+        max_len: int = 4096,
+        batch_size: int = 8,
+        mesh: list | None = None,
+    ):
+        if scope not in SCOPES:
+            raise ValueError(f"reward_model: scope must be one of {SCOPES}, got {scope!r}")
+        if not is_reward_model(checkpoint):
+            raise FileNotFoundError(f"reward_model: {checkpoint!r} has no {HEAD_FILE}")
+        if max_len < 2 or batch_size < 1:
+            raise ValueError(f"reward_model: bad max_len={max_len} / batch_size={batch_size}")
+        self.path, self.scope = checkpoint, scope
+        self.max_len, self.batch_size = max_len, batch_size
+        self.mesh_shape = [tuple(a) for a in mesh] if mesh else None
+        self._model = None
+
+    def _load(self):
+        if self._model is None:
+            from r1jax.tokenizer import load_tokenizer
+
+            tok_dir = checkpoint.tokenizer_path(self.path)
+            if tok_dir is None:
+                raise FileNotFoundError(f"reward_model: {self.path} has no tokenizer")
+            mesh = shd.make_mesh(self.mesh_shape) if self.mesh_shape else None
+            cfg, params = load_reward_model(self.path, mesh)
+            self._model = (cfg, params, load_tokenizer(tok_dir))
+        return self._model
+
+    def text(self, prompt: str, completion: str) -> str:
+        """The part of the completion this reward model scores."""
+        return summary_text(prompt, completion) if self.scope == "summary" else completion
+
+    def __call__(self, prompts: list[str], completions: list[str], **fields) -> list[float]:
+        cfg, params, tok = self._load()
+        ids = [
+            encode_text(tok, p, self.text(p, c), self.max_len)[0]
+            for p, c in zip(prompts, completions, strict=True)
+        ]
+        out = []
+        for start in range(0, len(ids), self.batch_size):
+            chunk = ids[start : start + self.batch_size]
+            real = len(chunk)
+            if len(ids) > self.batch_size:  # one shape for all chunks: pad with copies
+                chunk = chunk + [chunk[-1]] * (self.batch_size - real)
+            length = min(sampling.bucket(max(map(len, chunk))), self.max_len)
+            tokens, mask = pad_right(chunk, tok.pad_id, length)
+            r = _score_jit(params, tokens, mask, cfg=cfg)
+            out += [float(x) for x in np.asarray(r)[:real]]
+        return out
+
+
+# ------------------------------------------------------------------------------- the loop
+
+
+def _pad_to_micro(arrays: dict, micro: int) -> dict:
+    """Pads the pair axis to a multiple of `micro` with invalid (valid=0) pairs."""
+    pad = -len(arrays["valid"]) % micro
+    return {k: np.pad(v, ((0, pad),) + ((0, 0),) * (v.ndim - 1)) for k, v in arrays.items()}
+
+
+def train_reward_model(config, workdir: str):
+    """Trains on preference pairs; writes WORKDIR/reward_model (see save_reward_model).
+
+    config.model.init: a reward-model directory (continues it), or a model directory /
+    "embedded" / "" (random, config.model.preset) that gets a fresh head.
+    """
+    from r1jax import runtime
+    from r1jax.data import DataIterator
+    from r1jax.metrics import MetricsWriter, progress
+    from r1jax.rl.update import make_optimizer
+    from r1jax.train_state import Checkpointer, StopSignal
+
+    os.makedirs(workdir, exist_ok=True)
+    mesh = runtime.make_mesh(config)
+    init = runtime.resolve_model_path(config.model.get("init", ""))
+    overrides = dict(config.model.get("overrides", {}) or {})
+    if init and is_reward_model(init):
+        cfg, params = load_reward_model(init, mesh, **overrides)
+        tok_dir = checkpoint.tokenizer_path(init)
+    else:
+        cfg, model, tok_dir = runtime.load_or_init_model(config.model, mesh, seed=config.seed)
+        key = jax.random.fold_in(jax.random.key(config.seed), 1)
+        params = {"model": model, "head": init_head(cfg, key, mesh)}
+    tok_dir = config.tokenizer.get("path") or tok_dir
+    tok = runtime.load_tok(tok_dir)
+    pairs = load_pairs(config.data.source)
+    n_eval = int(len(pairs) * config.data.eval_fraction)
+    rows, cut = encode_pairs(pairs[n_eval:], tok, config.max_len)
+    micro = config.get("micro_pairs", config.batch_pairs)
+    eval_rows = _pad_to_micro(encode_pairs(pairs[:n_eval], tok, config.max_len)[0], micro)
+    config.optim.total_steps = config.steps
+    optimizer, schedule = make_optimizer(config.optim)
+    state = runtime.init_state(params, optimizer, mesh)
+    ckpt = Checkpointer(workdir)
+    it = DataIterator(
+        [{"i": i} for i in range(len(rows["valid"]))], config.batch_pairs, seed=config.seed
+    )
+    if ckpt.latest_step() is not None:
+        state, extra = ckpt.restore(ckpt.latest_step(), state)
+        it.set_state(extra["data"])
+    example = runtime.micro_split({k: v[: config.batch_pairs] for k, v in rows.items()}, micro)
+    step_fn = make_rm_step(
+        cfg,
+        optimizer,
+        state_shardings=runtime.shardings_of(state),
+        batch_shardings=runtime.batch_shardings(mesh, example),
+    )
+    eval_fn = make_rm_eval(cfg)
+
+    def evaluate(params) -> dict:
+        if not n_eval:
+            return {}
+        m = jax.device_get(eval_fn(params, runtime.micro_split(eval_rows, micro)))
+        return {f"eval/{k}": float(v) / n_eval for k, v in m.items()}
+
+    writer = MetricsWriter(workdir)
+    start = int(state["step"])
+    if start == 0 and n_eval:
+        writer.write(0, {**evaluate(state["params"]), "data/truncated_sequences": cut})
+    bar = progress(config.steps, start, "reward_model")
+    with StopSignal() as stop:
+        for step in range(start + 1, config.steps + 1):
+            idx = [b["i"] for b in next(it)]
+            batch, _ = runtime.put_batch(
+                mesh, runtime.micro_split({k: v[idx] for k, v in rows.items()}, micro)
+            )
+            state, m = step_fn(state, batch)
+            bar.update(1)
+            if step % config.log_every == 0 or step == config.steps:
+                m = {f"train/{k}": float(v) for k, v in jax.device_get(m).items()}
+                m["train/lr"] = float(schedule(step - 1))
+                m.update(evaluate(state["params"]))
+                writer.write(step, m)
+                bar.set_postfix(loss=f"{m['train/loss']:.3f}", acc=f"{m['train/accuracy']:.2f}")
+            if step % config.ckpt_every == 0 or step == config.steps or stop.requested:
+                ckpt.save(step, state, {"data": it.get_state()})
+            if stop.requested:
+                break
+    ckpt.close()
+    bar.close()
+    writer.close()
+    if int(state["step"]) >= config.steps:
+        save_reward_model(os.path.join(workdir, "reward_model"), state["params"], cfg, tok_dir)
+    return state, cfg
