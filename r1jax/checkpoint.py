@@ -89,6 +89,7 @@ def load_model(path: str, mesh=None, **cfg_overrides) -> tuple[ModelConfig, dict
     """(config, params) from an r1jax or a Hugging Face model directory."""
     if not os.path.isdir(path):
         raise FileNotFoundError(f"checkpoint {path!r} is not a directory")
+    path = os.path.abspath(path)  # orbax wants absolute paths
     mesh = mesh or shd.make_mesh((("fsdp", 1),), jax.devices()[:1])
     if is_hf_model(path) and not is_r1jax_model(path):
         return hf.load_hf(path, mesh, **cfg_overrides)

@@ -163,9 +163,11 @@ def load_examples(dcfg, tokenizer=None):
 
 def train_sft(config, workdir: str):
     """Trains with next-token loss; writes WORKDIR/model (an r1jax model directory)."""
+    import json
     import os
 
     from r1jax import checkpoint, runtime
+    from r1jax.config_checks import check_resume
     from r1jax.data import DataIterator
     from r1jax.metrics import MetricsWriter, progress
     from r1jax.rl.update import make_optimizer
@@ -200,6 +202,10 @@ def train_sft(config, workdir: str):
         pad = -len(eval_rows["tokens"]) % micro
         eval_rows = {k: np.pad(v, ((0, pad), (0, 0))) for k, v in eval_rows.items()}
     cfg, params, _ = runtime.load_or_init_model(config.model, mesh, tok.vocab_size, config.seed)
+    if not config.steps:  # from epochs over the packed rows
+        config.steps = max(
+            1, int(config.get("epochs", 1) * len(rows["tokens"]) / config.batch_rows)
+        )
     config.optim.total_steps = config.steps
     optimizer, schedule = make_optimizer(config.optim)
     state = runtime.init_state(params, optimizer, mesh)
@@ -209,6 +215,7 @@ def train_sft(config, workdir: str):
     )
     if ckpt.latest_step() is not None:
         state, extra = ckpt.restore(ckpt.latest_step(), state)
+        check_resume(extra.get("config", {}), json.loads(config.to_json_best_effort()))
         it.set_state(extra["data"])
     example = runtime.micro_split({k: v[: config.batch_rows] for k, v in rows.items()}, micro)
     step_fn = make_sft_step(
@@ -239,7 +246,8 @@ def train_sft(config, workdir: str):
                 writer.write(step, m)
                 bar.set_postfix(loss=f"{m['train/loss']:.3f}")
             if step % config.ckpt_every == 0 or step == config.steps or stop.requested:
-                ckpt.save(step, state, {"data": it.get_state()})
+                extra = {"data": it.get_state(), "config": json.loads(config.to_json_best_effort())}
+                ckpt.save(step, state, extra)
             if stop.requested:
                 break
     ckpt.close()

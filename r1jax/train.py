@@ -21,6 +21,7 @@ import numpy as np
 
 from r1jax import eval as eval_lib
 from r1jax import runtime, sampling
+from r1jax.checkpoint import save_model
 from r1jax.config_checks import check_resume, validate
 from r1jax.data import DataIterator, load_dataset, templates
 from r1jax.metrics import MetricsWriter, Timer, progress, truncate_metrics
@@ -72,7 +73,8 @@ class Trainer:
         self.cfg, params, tok_dir = runtime.load_or_init_model(
             config.model, self.mesh, seed=config.seed
         )
-        self.tok = runtime.load_tok(config.tokenizer.get("path") or tok_dir)
+        self.tok_dir = config.tokenizer.get("path") or tok_dir
+        self.tok = runtime.load_tok(self.tok_dir)
         if self.tok.vocab_size > self.cfg.vocab_size:
             raise ValueError(
                 f"tokenizer has {self.tok.vocab_size} tokens, the model only "
@@ -368,6 +370,9 @@ class Trainer:
                     self.save(step)
                 if stop.requested:
                     break
+            else:  # finished: the trained policy as a model directory, for the next stage
+                save_model(os.path.join(self.workdir, "model"), self.state["params"], self.cfg,
+                           self.tok_dir)  # fmt: skip
         return last
 
     def close(self):
