@@ -127,8 +127,8 @@ def get_config(arg=None):
             num_prompts=16, group_size=8, max_new_tokens=64, chunk=16, max_prompt_len=80
         )
         c.rl.update(num_minibatches=1, micro_batch=32)
-        c.optim.update(lr=3e-4, warmup_steps=10)
-        c.steps, c.ckpt_every, c.eval_every, c.samples_every = 200, 50, 25, 10
+        c.optim.update(lr=3e-4, warmup_steps=10, schedule="cosine", min_lr_ratio=0.1)
+        c.steps, c.ckpt_every, c.eval_every, c.samples_every = 160, 40, 20, 10
         c.eval.update(k=4, max_new_tokens=64, num_questions=128, prompts_per_batch=128)
     return c
 

@@ -14,16 +14,7 @@ R1 [V2 B.5]: 66,000 pairs, batch 256, lr 6e-6, 1 epoch, max length 8,192 (the de
 
 import ml_collections
 
-
-def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
-    """'model=X,data=Y' -> ConfigDict(model='X', data='Y') over the defaults."""
-    out = dict(defaults)
-    for part in filter(None, (arg or "").split(",")):
-        key, _, value = part.partition("=")
-        if key not in defaults:
-            raise ValueError(f"--config argument {key!r} is unknown; known: {sorted(defaults)}")
-        out[key] = value
-    return ml_collections.ConfigDict(out)
+from configs.r1zero import parse_arg
 
 
 def get_config(arg=None):

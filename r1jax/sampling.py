@@ -68,32 +68,91 @@ def pad_prompts(prompts: list[list[int]], pad_id: int, length: int | None = None
     return tokens, mask
 
 
+_TOP_P_CANDIDATES = 1024  # the nucleus is looked for among this many top logits first
+
+
 def truncate_logits(logits_NV, top_k: int, top_p: float):
     """Sets everything outside the top-k / nucleus (top-p) set to -inf."""
     if top_k:
         kth = jax.lax.top_k(logits_NV, top_k)[0][:, -1:]
         logits_NV = jnp.where(logits_NV < kth, -jnp.inf, logits_NV)
     if top_p < 1.0:
-        sorted_ = jnp.sort(logits_NV, axis=-1)[:, ::-1]
-        probs = jax.nn.softmax(sorted_, axis=-1)
-        # Keep a token if the mass strictly before it is < top_p (the first is always kept).
-        before = jnp.cumsum(probs, axis=-1) - probs
-        cutoff = jnp.min(jnp.where(before < top_p, sorted_, jnp.inf), axis=-1, keepdims=True)
+        logz = jax.nn.logsumexp(logits_NV, axis=-1, keepdims=True)
+        v = logits_NV.shape[-1]
+        m = min(v, _TOP_P_CANDIDATES)
+        # Sorting a 150k vocabulary took seconds per step on CPU. The top m logits, in order,
+        # are the head of the full sort, so they give the same cutoff whenever their mass
+        # reaches top_p; only when it does not (a flat distribution) is everything sorted.
+        cutoff, mass = _nucleus_cutoff(jax.lax.top_k(logits_NV, m)[0], logz, top_p)
+        if m < v:
+            cutoff = jax.lax.cond(
+                jnp.all(mass >= top_p),
+                lambda: cutoff,
+                lambda: _nucleus_cutoff(jnp.sort(logits_NV, axis=-1)[:, ::-1], logz, top_p)[0],
+            )
         logits_NV = jnp.where(logits_NV < cutoff, -jnp.inf, logits_NV)
     return logits_NV
+
+
+def _nucleus_cutoff(sorted_NM, logz_N1, top_p: float):
+    """(smallest kept logit, mass of the M given logits) for logits sorted in decreasing order.
+
+    A token is kept if the mass strictly before it is < top_p (the first is always kept).
+    """
+    probs = jnp.exp(sorted_NM - logz_N1)
+    cum = jnp.cumsum(probs, axis=-1)
+    cutoff = jnp.min(jnp.where(cum - probs < top_p, sorted_NM, jnp.inf), axis=-1, keepdims=True)
+    return cutoff, cum[:, -1:]
+
+
+def _draw(key, weights_NV, block: int):
+    """One token per row with probability weights / sum(weights), by inverse CDF in two levels.
+
+    One uniform per row: pick the vocabulary block whose cumulative mass passes it, then the
+    token inside that block. Gumbel-max (`jax.random.categorical`) needs a random number per
+    vocabulary entry instead, which on CPU cost several times the LM head for a 150k vocabulary.
+    Float rounding can leave the uniform at or past the last cumulative sum; the clip to the last
+    non-zero entry keeps zero-weight (truncated) tokens unreachable.
+    """
+    n, v = weights_NV.shape
+    w = weights_NV.reshape(n, v // block, block)
+    mass_Nb = w.sum(-1)
+    cum_Nb = jnp.cumsum(mass_Nb, -1)
+    u = jax.random.uniform(key, (n,), weights_NV.dtype) * cum_Nb[:, -1]
+    blk = jnp.minimum(jnp.sum(cum_Nb <= u[:, None], -1), _last_nonzero(mass_Nb))
+    before = jnp.take_along_axis(cum_Nb, jnp.maximum(blk - 1, 0)[:, None], 1)[:, 0]
+    inner = jnp.take_along_axis(w, blk[:, None, None], 1)[:, 0]  # [N, block]
+    rest = u - jnp.where(blk > 0, before, 0.0)
+    j = jnp.minimum(jnp.sum(jnp.cumsum(inner, -1) <= rest[:, None], -1), _last_nonzero(inner))
+    return (blk * block + j).astype(jnp.int32)
+
+
+def _last_nonzero(x_NM):
+    m = x_NM.shape[-1]
+    return m - 1 - jnp.argmax(x_NM[:, ::-1] > 0, axis=-1)
 
 
 def _pick(key, logits_NV, s: SamplingConfig):
     """Returns (token, log-prob under the full temperature-scaled distribution)."""
     if s.temperature == 0:
         tok = jnp.argmax(logits_NV, axis=-1).astype(jnp.int32)
-        scaled = logits_NV
-    else:
-        scaled = logits_NV / s.temperature
-        kept = truncate_logits(scaled, s.top_k, s.top_p)
-        tok = jax.random.categorical(key, kept, axis=-1).astype(jnp.int32)
-    logp = jnp.take_along_axis(jax.nn.log_softmax(scaled, -1), tok[:, None], -1)[:, 0]
-    return tok, logp
+        logp = jnp.take_along_axis(jax.nn.log_softmax(logits_NV, -1), tok[:, None], -1)[:, 0]
+        return tok, logp
+    v = logits_NV.shape[-1]
+    # Blocks of the draw: the largest of 256..32 that divides V (151936 = 1187 * 128), else
+    # padding to 256 with -inf (zero weight), which costs an extra pass over [N,V].
+    block = next((b for b in (256, 128, 64, 32) if v % b == 0), 256)
+    scaled = logits_NV.astype(jnp.float32) / s.temperature
+    if v % block:
+        scaled = jnp.pad(scaled, ((0, 0), (0, -v % block)), constant_values=-jnp.inf)
+    m = jnp.max(scaled, axis=-1, keepdims=True)
+    e = jnp.exp(scaled - m)  # one pass serves both the draw and the log-normaliser
+    weights = e
+    if s.top_k or s.top_p < 1.0:  # the arg-max is always kept, so some weight stays > 0
+        weights = jnp.where(truncate_logits(scaled, s.top_k, s.top_p) > -jnp.inf, e, 0.0)
+    tok = _draw(key, weights, block)
+    logz = m[:, 0] + jnp.log(jnp.sum(e, axis=-1))
+    return tok, jnp.take_along_axis(scaled, tok[:, None], -1)[:, 0] - logz
 
 
 def _ends(tokens_NT, t, tok_N, s: SamplingConfig):
