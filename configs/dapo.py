@@ -15,14 +15,21 @@ from configs import r1zero
 def get_config(arg=None):
     c = r1zero.get_config(arg)
     embedded = c.model.init == r1zero.EMBEDDED
-    c.rl.update(loss_type="dapo", beta=0.0, epsilon_low=0.2, epsilon_high=0.28,
-                dynamic_sampling=True, max_gen_batches=10 if not embedded else 3)  # fmt: skip
+    c.rl.update(
+        loss_type="dapo",
+        beta=0.0,
+        epsilon_low=0.2,
+        epsilon_high=0.28,
+        dynamic_sampling=True,
+        max_gen_batches=10 if not embedded else 3,
+    )
     if c.rewards.accuracy.name == "math":
         c.rewards.accuracy.name = "math_dapo"  # +1 correct / -1 wrong
     max_len = c.rollout.max_new_tokens
     cache = max_len // 5  # DAPO: 16,384 + 4,096 cache -> 20,480 generated tokens
-    c.rewards.overlong = dict(name="overlong", weight=1.0,
-                              kwargs=dict(max_len=max_len, cache_len=cache))  # fmt: skip
+    c.rewards.overlong = dict(
+        name="overlong", weight=1.0, kwargs=dict(max_len=max_len, cache_len=cache)
+    )
     c.optim.update(warmup_steps=10 if embedded else 20, schedule="constant")
     if not embedded:
         c.optim.lr = 1e-6

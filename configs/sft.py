@@ -20,8 +20,14 @@ def get_config(arg=None):
     c.mesh = [("fsdp", -1)]
     c.model = dict(init=arg.model, preset="tiny", overrides={})
     c.tokenizer = dict(path="", vocab_size=512, train_docs=0)  # the model's own tokenizer
-    c.data = dict(source=f"jsonl:{arg.data}" if arg.data else "", num_documents=0, seed=0,
-                  slip=0.0, loss_on_prompt=False, eval_fraction=0.02)  # fmt: skip
+    c.data = dict(
+        source=f"jsonl:{arg.data}" if arg.data else "",
+        num_documents=0,
+        seed=0,
+        slip=0.0,
+        loss_on_prompt=False,
+        eval_fraction=0.02,
+    )
     c.row_len = 1024
     c.batch_rows = 16  # packed rows per step
     c.micro_rows = 4
@@ -29,8 +35,18 @@ def get_config(arg=None):
     c.steps = 0
     c.vocab_chunk = 8192
     lr = float(arg.lr)
-    c.optim = dict(lr=lr, warmup_steps=10, schedule="cosine", min_lr_ratio=0.1, weight_decay=0.0,
-                   b1=0.9, b2=0.95, eps=1e-8, grad_clip=1.0, total_steps=0)  # fmt: skip
+    c.optim = dict(
+        lr=lr,
+        warmup_steps=10,
+        schedule="cosine",
+        min_lr_ratio=0.1,
+        weight_decay=0.0,
+        b1=0.9,
+        b2=0.95,
+        eps=1e-8,
+        grad_clip=1.0,
+        total_steps=0,
+    )
     c.log_every = 10
     c.ckpt_every = 200
     return c

@@ -47,8 +47,12 @@ def embedded_cold_start(path: str, n: int, seed: int = 0) -> str:
     rows = []
     for i in range(n):
         ex = task.example("train", 10_000_000 + i)  # away from the indices RL starts with
-        rows.append({"prompt": templates.r1zero(ex["question"]),
-                     "completion": embedded.response(ex["nums"], rng, "reason", slip=0.0)})  # fmt: skip
+        rows.append(
+            {
+                "prompt": templates.r1zero(ex["question"]),
+                "completion": embedded.response(ex["nums"], rng, "reason", slip=0.0),
+            }
+        )
     return _write_jsonl(path, rows)
 
 
@@ -62,9 +66,13 @@ def embedded_preferences(path: str, n: int, seed: int = 0) -> str:
     for i in range(n):
         ex = task.example("train", 20_000_000 + i)
         worse = rng.choice(["guess", "untagged"])
-        rows.append({"prompt": templates.r1zero(ex["question"]),
-                     "chosen": embedded.response(ex["nums"], rng, "reason", slip=0.0),
-                     "rejected": embedded.response(ex["nums"], rng, worse, slip=0.4)})  # fmt: skip
+        rows.append(
+            {
+                "prompt": templates.r1zero(ex["question"]),
+                "chosen": embedded.response(ex["nums"], rng, "reason", slip=0.0),
+                "rejected": embedded.response(ex["nums"], rng, worse, slip=0.4),
+            }
+        )
     return _write_jsonl(path, rows)
 
 
@@ -91,8 +99,9 @@ def run_pipeline(config, workdir: str) -> dict:
         c.model.init = base
         if c.data.source == "embedded_cold_start":
             os.makedirs(d, exist_ok=True)
-            c.data.source = "jsonl:" + embedded_cold_start(os.path.join(d, "cold_start.jsonl"),
-                                                           config.cold_start_examples)  # fmt: skip
+            c.data.source = "jsonl:" + embedded_cold_start(
+                os.path.join(d, "cold_start.jsonl"), config.cold_start_examples
+            )
         sft.train_sft(c, d)
     results["cold_start"] = _finish(config, d)
 

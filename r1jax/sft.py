@@ -177,6 +177,8 @@ def train_sft(config, workdir: str):
     os.makedirs(workdir, exist_ok=True)
     mesh = runtime.make_mesh(config)
     texts = load_examples(config.data)
+    if not texts:
+        raise ValueError(f"config.data.source={config.data.source!r}: no examples to train on")
     tok_dir = config.tokenizer.get("path", "")
     if not tok_dir and config.model.get("init"):
         tok_dir = checkpoint.tokenizer_path(runtime.resolve_model_path(config.model.init))
@@ -217,7 +219,8 @@ def train_sft(config, workdir: str):
         state, extra = ckpt.restore(ckpt.latest_step(), state)
         check_resume(extra.get("config", {}), json.loads(config.to_json_best_effort()))
         it.set_state(extra["data"])
-    example = runtime.micro_split({k: v[: config.batch_rows] for k, v in rows.items()}, micro)
+    shapes = {k: np.zeros((config.batch_rows,) + v.shape[1:], v.dtype) for k, v in rows.items()}
+    example = runtime.micro_split(shapes, micro)
     step_fn = make_sft_step(
         cfg,
         optimizer,

@@ -371,8 +371,12 @@ class Trainer:
                 if stop.requested:
                     break
             else:  # finished: the trained policy as a model directory, for the next stage
-                save_model(os.path.join(self.workdir, "model"), self.state["params"], self.cfg,
-                           self.tok_dir)  # fmt: skip
+                save_model(
+                    os.path.join(self.workdir, "model"),
+                    self.state["params"],
+                    self.cfg,
+                    self.tok_dir,
+                )
         return last
 
     def close(self):

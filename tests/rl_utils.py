@@ -16,6 +16,11 @@ def reward_sevens(prompts, completions, **fields):
     return [c.count("7") / max(len(c), 1) for c in completions]
 
 
+def reward_one(prompts, completions, **fields):
+    """Everything is correct: lets rejection sampling keep samples of a random model."""
+    return [1.0] * len(completions)
+
+
 def make_model_dir(path, seed=0, **overrides):
     """A random small model with a SentencePiece tokenizer trained on the embedded corpus."""
     tok_dir = os.path.join(path, "tok")

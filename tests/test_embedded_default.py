@@ -18,8 +18,9 @@ def test_shipped_base_model_loads_and_answers_in_the_r1zero_format():
     tok = load_tokenizer(tokenizer_path(EMBEDDED_BASE))
     assert 0.9e6 < count_params(cfg) < 1.2e6 and cfg.vocab_size == tok.vocab_size
     ex = load_dataset("sumchain", "test")[0]
-    s = sampling.SamplingConfig(max_new_tokens=64, temperature=0.0, eos_ids=tok.eos_ids,
-                                pad_id=tok.pad_id)  # fmt: skip
+    s = sampling.SamplingConfig(
+        max_new_tokens=64, temperature=0.0, eos_ids=tok.eos_ids, pad_id=tok.pad_id
+    )
     (row,) = sampling.sample_texts(params, cfg, tok, [templates.r1zero(ex["question"])], s)
     # Greedy decoding of the base model reasons step by step in the template's tags.
     assert row["completion"].startswith(" <think> ") and "</think>" in row["completion"]

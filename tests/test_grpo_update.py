@@ -12,8 +12,17 @@ from r1jax.models import get_preset, init_params
 from r1jax.rl import losses
 from r1jax.rl.update import make_optimizer, make_train_step
 
-CFG = get_preset("tiny", d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=8, d_ff=64,
-                 vocab_size=61, init_std=0.1)  # fmt: skip
+CFG = get_preset(
+    "tiny",
+    d_model=32,
+    n_layers=2,
+    n_heads=4,
+    n_kv_heads=2,
+    head_dim=8,
+    d_ff=64,
+    vocab_size=61,
+    init_std=0.1,
+)
 P, T, N = 8, 6, 16
 
 
@@ -28,20 +37,34 @@ def _rows(seed=0):
     tokens = rng.integers(0, CFG.vocab_size, (N, P + T)).astype(np.int32) * attn
     logp = -rng.uniform(0.5, 4.0, (N, T)).astype(np.float32) * mask
     return {
-        "tokens": tokens, "attn": attn, "mask": mask, "sampler_logp": logp,
+        "tokens": tokens,
+        "attn": attn,
+        "mask": mask,
+        "sampler_logp": logp,
         "old_logp": (logp + rng.normal(0, 0.3, (N, T))).astype(np.float32) * mask,
         "ref_logp": (logp + rng.normal(0, 0.3, (N, T))).astype(np.float32) * mask,
         "adv": rng.normal(0, 1, N).astype(np.float32),
-    }  # fmt: skip
+    }
 
 
 def _update(mesh, micro, loss_type="grpo", steps=1, adam=False):
     """Parameters after `steps` updates. SGD by default: its update is lr * gradient, so
     comparing updates compares gradients; Adam's first step is ~lr*sign(g), which amplifies
     rounding in near-zero gradients and would make a relative comparison meaningless."""
-    ocfg = ml_collections.ConfigDict(dict(lr=1e-2, warmup_steps=0, schedule="constant",
-                                          min_lr_ratio=0.0, weight_decay=0.1, b1=0.9, b2=0.99,
-                                          eps=1e-8, grad_clip=1.0, total_steps=10))  # fmt: skip
+    ocfg = ml_collections.ConfigDict(
+        dict(
+            lr=1e-2,
+            warmup_steps=0,
+            schedule="constant",
+            min_lr_ratio=0.0,
+            weight_decay=0.1,
+            b1=0.9,
+            b2=0.99,
+            eps=1e-8,
+            grad_clip=1.0,
+            total_steps=10,
+        )
+    )
     optimizer = make_optimizer(ocfg)[0] if adam else optax.sgd(1.0)
     loss_cfg = losses.LossConfig(loss_type=loss_type, beta=0.04)
     params = init_params(CFG, jax.random.key(0), mesh)
@@ -50,9 +73,16 @@ def _update(mesh, micro, loss_type="grpo", steps=1, adam=False):
     rows["weight"] = np.asarray(losses.token_weights(rows["mask"], loss_type, max_len=T))
     host = runtime.micro_split(rows, micro)
     batch, bs = runtime.put_batch(mesh, host)
-    step = make_train_step(CFG, loss_cfg, optimizer, prompt_len=P, temperature=1.0,
-                           vocab_chunk=16, state_shardings=runtime.shardings_of(state),
-                           batch_shardings=bs)  # fmt: skip
+    step = make_train_step(
+        CFG,
+        loss_cfg,
+        optimizer,
+        prompt_len=P,
+        temperature=1.0,
+        vocab_chunk=16,
+        state_shardings=runtime.shardings_of(state),
+        batch_shardings=bs,
+    )
     for _ in range(steps):
         state, metrics = step(state, batch)
     return jax.device_get(state["params"]), jax.device_get(metrics)

@@ -9,16 +9,28 @@ from r1jax import sft
 from r1jax.data import sources
 from r1jax.models import get_preset, init_params, logits
 
-CFG = get_preset("tiny", d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=8, d_ff=64,
-                 vocab_size=53, init_std=0.2)  # fmt: skip
+CFG = get_preset(
+    "tiny",
+    d_model=32,
+    n_layers=2,
+    n_heads=4,
+    n_kv_heads=2,
+    head_dim=8,
+    d_ff=64,
+    vocab_size=53,
+    init_std=0.2,
+)
 
 
 def _examples(seed=0, n=7):
     rng = np.random.default_rng(seed)
     return [
-        (rng.integers(1, 53, rng.integers(1, 6)).tolist(), rng.integers(1, 53, rng.integers(1, 7)).tolist())
+        (
+            rng.integers(1, 53, rng.integers(1, 6)).tolist(),
+            rng.integers(1, 53, rng.integers(1, 7)).tolist(),
+        )
         for _ in range(n)
-    ]  # fmt: skip
+    ]
 
 
 def _loss(params, rows):

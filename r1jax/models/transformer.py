@@ -323,8 +323,12 @@ def prefill(params: Params, tokens_BP, mask_BP, cfg: ModelConfig):
     k as [L,B,K,Dh,P] and v as [L,B,K,P,Dh], the layouts the decode matmuls read directly."""
     positions = positions_from_mask(mask_BP)
     h, (k, v) = forward(params, tokens_BP, positions, mask_BP.astype(jnp.int32), cfg, True)
-    prefix = {"k": k.transpose(0, 1, 3, 4, 2), "v": v.transpose(0, 1, 3, 2, 4),
-              "mask": mask_BP.astype(bool), "length": mask_BP.sum(1)}  # fmt: skip
+    prefix = {
+        "k": k.transpose(0, 1, 3, 4, 2),
+        "v": v.transpose(0, 1, 3, 2, 4),
+        "mask": mask_BP.astype(bool),
+        "length": mask_BP.sum(1),
+    }
     return h[:, -1], prefix
 
 
@@ -337,9 +341,11 @@ def init_suffix(cfg: ModelConfig, n: int, max_len: int, dtype=None) -> dict:
     """
     L, K, Dh = cfg.n_layers, cfg.n_kv_heads, cfg.head_dim
     dtype = dtype or cfg.dtype
-    return {"k": jnp.zeros((L, n, K, Dh, max_len), dtype),
-            "v": jnp.zeros((L, n, K, max_len, Dh), dtype),
-            "index": jnp.zeros((), jnp.int32)}  # fmt: skip
+    return {
+        "k": jnp.zeros((L, n, K, Dh, max_len), dtype),
+        "v": jnp.zeros((L, n, K, max_len, Dh), dtype),
+        "index": jnp.zeros((), jnp.int32),
+    }
 
 
 def _decode_attention(q_NHh, prefix_k, prefix_v, prefix_mask, k_NKhS, v_NKSh, valid_S):
@@ -353,8 +359,9 @@ def _decode_attention(q_NHh, prefix_k, prefix_v, prefix_mask, k_NKhS, v_NKSh, va
     q = (q_NHh / math.sqrt(dh)).astype(q_NHh.dtype).reshape(b, g, K, r, dh)
     s_pre = jnp.einsum("bgkrh,bkhp->bgkrp", q, prefix_k, preferred_element_type=f32)
     s_pre = jnp.where(prefix_mask[:, None, None, None], s_pre, NEG_INF)
-    s_own = jnp.einsum("nkrh,nkhs->nkrs", q.reshape(n, K, r, dh), k_NKhS,
-                       preferred_element_type=f32)  # fmt: skip
+    s_own = jnp.einsum(
+        "nkrh,nkhs->nkrs", q.reshape(n, K, r, dh), k_NKhS, preferred_element_type=f32
+    )
     s_own = jnp.where(valid_S, s_own, NEG_INF).reshape(b, g, K, r, -1)
     p = jax.nn.softmax(jnp.concatenate([s_pre, s_own], -1), axis=-1)
     p_pre, p_own = jnp.split(p.astype(prefix_v.dtype), [prefix_k.shape[-1]], axis=-1)
@@ -363,8 +370,9 @@ def _decode_attention(q_NHh, prefix_k, prefix_v, prefix_mask, k_NKhS, v_NKSh, va
     return o.reshape(n, 1, H, dh)
 
 
-def decode_step(params: Params, tokens_N, positions_N, prefix: dict, suffix: dict,
-                cfg: ModelConfig):  # fmt: skip
+def decode_step(
+    params: Params, tokens_N, positions_N, prefix: dict, suffix: dict, cfg: ModelConfig
+):
     """Appends one token per row. Returns the hidden state [N,D] and the updated suffix.
 
     Row n belongs to prompt n // G, where G = N / B is inferred from the shapes.
