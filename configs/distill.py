@@ -1,4 +1,7 @@
-"""Logit distillation: a student trained on KL(teacher || student) over SFT data's completions.
+"""Distillation into a student model, the R1 way (§4) or by logits.
+
+Logit distillation (logit_config): a student trained on KL(teacher || student) over the
+completions of SFT data.
 
   python launch/distill.py --workdir=/tmp/distill \\
     --config=configs/distill.py:student=/path/student,teacher=/path/teacher,data=/path/sft.jsonl
@@ -14,19 +17,10 @@ lr 1e-4 for Qwen2.5-Math-1.5B, batch 64); the optimizer defaults below follow th
 
 import ml_collections
 
-
-def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
-    """'student=X,teacher=Y,data=Z' -> ConfigDict over the defaults."""
-    out = dict(defaults)
-    for part in filter(None, (arg or "").split(",")):
-        key, _, value = part.partition("=")
-        if key not in defaults:
-            raise ValueError(f"--config argument {key!r} is unknown; known: {sorted(defaults)}")
-        out[key] = value
-    return ml_collections.ConfigDict(out)
+from configs.r1zero import parse_arg
 
 
-def get_config(arg=None):
+def logit_config(arg=None):
     arg = parse_arg(arg, student="", teacher="", data="embedded")
     c = ml_collections.ConfigDict()
     c.seed = 0
@@ -62,4 +56,44 @@ def get_config(arg=None):
     )
     c.log_every = 10
     c.ckpt_every = 200
+    return c
+
+
+def get_config(arg=None):
+    """The distillation path: teacher traces by rejection sampling, then SFT of the student.
+
+    No arguments, the embedded run (2 CPU cores, ~10 minutes):
+      python launch/distill.py --config=configs/distill.py --workdir=/tmp/distill
+    trains the teacher first (configs/r1zero.py: the embedded base after R1-Zero GRPO), samples
+    its correct traces on train prompts, fine-tunes the student (the embedded base itself, as
+    R1-Distill fine-tunes Qwen base models) and evaluates base, teacher and student on the held-out
+    split. Expected: student pass@1 well above its base (~0.27), close to the teacher (~0.9).
+    Arguments: teacher=DIR (skip training one), student=DIR | embedded | scratch (a smaller
+    random model, `student_overrides`), mode=traces | logits (token-level KL to the teacher on
+    the same traces; logit_config's fields under `logit`).
+    """
+    from configs import eval as eval_config
+    from configs import r1zero, rejection, sft
+
+    arg = parse_arg(arg, teacher="", student="embedded", mode="traces")
+    if arg.mode not in ("traces", "logits"):
+        raise ValueError(f"--config argument mode={arg.mode!r}: traces or logits")
+    c = ml_collections.ConfigDict()
+    c.mode, c.teacher, c.student = arg.mode, arg.teacher, arg.student
+    c.student_overrides = dict(d_model=64, n_layers=2, n_heads=2, n_kv_heads=1, head_dim=32,
+                               d_ff=256, max_seq_len=512)  # fmt: skip
+    c.teacher_rl = r1zero.get_config()  # used when teacher is ""
+    c.traces = rejection.get_config()
+    c.traces.data.num_prompts = 1024
+    c.traces.sampling.update(num_samples=4, prompts_per_batch=128, max_new_tokens=64, chunk=16,
+                             max_prompt_len=80, temperature=0.6)  # fmt: skip
+    c.sft = sft.get_config()  # R1: 2-3 epochs, cosine to 0.1x
+    c.sft.update(row_len=288, batch_rows=16, micro_rows=16, steps=150, log_every=10,
+                 ckpt_every=1000)  # fmt: skip
+    c.sft.optim.update(lr=3e-4, warmup_steps=10, min_lr_ratio=0.1)
+    c.logit = logit_config()
+    c.logit.update(row_len=288, batch_rows=16, micro_rows=16, steps=150, log_every=10)
+    c.logit.model.overrides = dict(remat=False)
+    c.logit.optim.update(lr=3e-4, warmup_steps=10)
+    c.eval = eval_config.get_config()
     return c

@@ -34,8 +34,12 @@ def main(argv=None):
     train = os.path.join(os.path.dirname(os.path.abspath(__file__)), "train.py")
     for i, kw in enumerate(runs(a.config)):
         name = f"{i:02d}-" + ",".join(f"{k}={v}" for k, v in kw.items())
-        cmd = [sys.executable, train, f"--config={a.config}",
-               f"--workdir={os.path.join(a.workdir, name)}"]  # fmt: skip
+        cmd = [
+            sys.executable,
+            train,
+            f"--config={a.config}",
+            f"--workdir={os.path.join(a.workdir, name)}",
+        ]
         cmd += [f"--config.{k}={v}" for k, v in kw.items()]
         print(shlex.join(cmd), flush=True)
         if not a.dry_run:

@@ -28,7 +28,6 @@ import os
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from r1jax.models import transformer as tfm
@@ -266,13 +265,10 @@ def _tokenizer_dirs(config) -> tuple[str, str]:
 
 def train_distill(config, workdir: str):
     """Trains the student on KL(teacher || student); writes WORKDIR/model."""
-    from r1jax import checkpoint, runtime
-    from r1jax.data import DataIterator
-    from r1jax.metrics import MetricsWriter, progress
+    from r1jax import checkpoint, runtime, supervised
     from r1jax.rl.update import make_optimizer
     from r1jax.sft import load_examples, pack
     from r1jax.tokenizer import load_tokenizer
-    from r1jax.train_state import Checkpointer, StopSignal
 
     s_dir, t_dir = _tokenizer_dirs(config)
     tok, t_tok = load_tokenizer(s_dir), load_tokenizer(t_dir)
@@ -294,30 +290,11 @@ def train_distill(config, workdir: str):
     kw = dict(pad_id=tok.pad_id, loss_on_prompt=config.data.loss_on_prompt)
     rows = pack(ids[n_eval:], config.row_len, **kw)
     micro = config.get("micro_rows", config.batch_rows)
-    eval_rows = None
-    if n_eval:  # padded with empty rows (no targets) to whole micro-batches
-        eval_rows = pack(ids[:n_eval], config.row_len, **kw)
-        pad = -len(eval_rows["tokens"]) % micro
-        eval_rows = {k: np.pad(v, ((0, pad), (0, 0))) for k, v in eval_rows.items()}
+    eval_rows = (
+        supervised.pad_rows(pack(ids[:n_eval], config.row_len, **kw), micro) if n_eval else None
+    )
     config.optim.total_steps = config.steps
     optimizer, schedule = make_optimizer(config.optim)
-    state = runtime.init_state(params, optimizer, mesh)
-    ckpt = Checkpointer(workdir)
-    n_rows = len(rows["tokens"])
-    it = DataIterator([{"i": i} for i in range(n_rows)], config.batch_rows, seed=config.seed)
-    if ckpt.latest_step() is not None:
-        state, extra = ckpt.restore(ckpt.latest_step(), state)
-        it.set_state(extra["data"])
-    example = runtime.micro_split({k: v[: config.batch_rows] for k, v in rows.items()}, micro)
-    step_fn = make_distill_step(
-        cfg,
-        t_cfg,
-        optimizer,
-        state_shardings=runtime.shardings_of(state),
-        teacher_shardings=runtime.shardings_of(t_params),
-        batch_shardings=runtime.batch_shardings(mesh, example),
-        **kl_kw,
-    )
     eval_fn = make_eval_kl(cfg, t_cfg, **kl_kw)
 
     def evaluate(params) -> dict:
@@ -326,32 +303,33 @@ def train_distill(config, workdir: str):
         total, count = eval_fn(params, t_params, runtime.micro_split(eval_rows, micro))
         return {"eval/kl": float(total) / max(int(count), 1)}
 
-    writer = MetricsWriter(workdir)
-    start = int(state["step"])
-    if start == 0 and eval_rows is not None:
-        writer.write(0, evaluate(state["params"]))
-    bar = progress(config.steps, start, "distill")
-    with StopSignal() as stop:
-        for step in range(start + 1, config.steps + 1):
-            idx = [b["i"] for b in next(it)]
-            batch, _ = runtime.put_batch(
-                mesh, runtime.micro_split({k: v[idx] for k, v in rows.items()}, micro)
-            )
-            state, m = step_fn(state, t_params, batch)
-            bar.update(1)
-            if step % config.log_every == 0 or step == config.steps:
-                m = {f"train/{k}": float(v) for k, v in jax.device_get(m).items()}
-                m["train/lr"] = float(schedule(step - 1))
-                m.update(evaluate(state["params"]))
-                writer.write(step, m)
-                bar.set_postfix(kl=f"{m['train/kl']:.4f}")
-            if step % config.ckpt_every == 0 or step == config.steps or stop.requested:
-                ckpt.save(step, state, {"data": it.get_state()})
-            if stop.requested:
-                break
-    ckpt.close()
-    bar.close()
-    writer.close()
-    if int(state["step"]) >= config.steps:
+    def make_step(state_shardings, batch_shardings):
+        return make_distill_step(
+            cfg,
+            t_cfg,
+            optimizer,
+            state_shardings=state_shardings,
+            teacher_shardings=runtime.shardings_of(t_params),
+            batch_shardings=batch_shardings,
+            **kl_kw,
+        )
+
+    state = runtime.init_state(params, optimizer, mesh)
+    state, finished = supervised.fit(
+        config,
+        workdir,
+        mesh,
+        state,
+        rows,
+        schedule,
+        name="distill",
+        make_step=make_step,
+        evaluate=evaluate,
+        step_args=(t_params,),
+        batch=config.batch_rows,
+        micro=micro,
+        postfix=("kl",),
+    )
+    if finished:
         checkpoint.save_model(os.path.join(workdir, "model"), state["params"], cfg, s_dir)
     return state, cfg

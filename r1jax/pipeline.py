@@ -162,3 +162,57 @@ def _finish(config, stage_dir: str) -> dict:
         f.write("ok\n")
     print(f"{os.path.basename(stage_dir)}: pass@1 {summary['pass@1']:.3f}", flush=True)
     return summary
+
+
+def run_distillation(config, workdir: str) -> dict:
+    """Teacher (trained here unless given) -> its correct traces -> the student, fine-tuned on
+    them (mode "traces", R1 §4) or distilled on their logits (mode "logits"). Each step resumes
+    from its own sub-directory. Returns {"student_base", "teacher", "student"} eval summaries."""
+    from r1jax import distill
+
+    os.makedirs(workdir, exist_ok=True)
+    teacher = config.teacher
+    if not teacher:
+        d = os.path.join(workdir, "teacher")
+        if not os.path.exists(os.path.join(d, "model", "model_config.json")):
+            train.train_and_evaluate(config.teacher_rl, d)
+        teacher = os.path.join(d, "model")
+    traces = os.path.join(workdir, "traces", "rejection.jsonl")
+    if not os.path.exists(traces):
+        rc = config.traces.copy_and_resolve_references()
+        rc.model.init = teacher
+        rejection.rejection_sample(rc, os.path.dirname(traces))
+    d = os.path.join(workdir, "student")
+    student_base = config.student if config.student != "scratch" else ""
+    if not os.path.exists(os.path.join(d, "model", "model_config.json")):
+        c = (config.sft if config.mode == "traces" else config.logit).copy_and_resolve_references()
+        c.model.init = student_base
+        if not student_base:  # a smaller model from scratch, with the teacher's tokenizer
+            c.model.overrides = dict(config.student_overrides)
+            c.tokenizer.path = checkpoint_tokenizer(teacher)
+        c.data.source = "jsonl:" + traces
+        if config.mode == "traces":
+            sft.train_sft(c, d)
+        else:
+            c.teacher.init = teacher
+            distill.train_distill(c, d)
+    results = {}
+    for name, model in (
+        ("student_base", student_base),
+        ("teacher", teacher),
+        ("student", os.path.join(d, "model")),
+    ):
+        if not model:  # a random student: nothing to evaluate
+            continue
+        out = os.path.join(workdir, f"eval_{name}")
+        os.makedirs(out, exist_ok=True)
+        results[name] = _evaluate(config, model, out)
+    with open(os.path.join(workdir, "distill.json"), "w") as f:
+        json.dump(results, f, indent=2)
+    return results
+
+
+def checkpoint_tokenizer(model_dir: str) -> str:
+    from r1jax import checkpoint, runtime
+
+    return checkpoint.tokenizer_path(runtime.resolve_model_path(model_dir))

@@ -331,23 +331,14 @@ class RewardModelReward:
 # ------------------------------------------------------------------------------- the loop
 
 
-def _pad_to_micro(arrays: dict, micro: int) -> dict:
-    """Pads the pair axis to a multiple of `micro` with invalid (valid=0) pairs."""
-    pad = -len(arrays["valid"]) % micro
-    return {k: np.pad(v, ((0, pad),) + ((0, 0),) * (v.ndim - 1)) for k, v in arrays.items()}
-
-
 def train_reward_model(config, workdir: str):
     """Trains on preference pairs; writes WORKDIR/reward_model (see save_reward_model).
 
     config.model.init: a reward-model directory (continues it), or a model directory /
     "embedded" / "" (random, config.model.preset) that gets a fresh head.
     """
-    from r1jax import runtime
-    from r1jax.data import DataIterator
-    from r1jax.metrics import MetricsWriter, progress
+    from r1jax import runtime, supervised
     from r1jax.rl.update import make_optimizer
-    from r1jax.train_state import Checkpointer, StopSignal
 
     os.makedirs(workdir, exist_ok=True)
     mesh = runtime.make_mesh(config)
@@ -366,24 +357,9 @@ def train_reward_model(config, workdir: str):
     n_eval = int(len(pairs) * config.data.eval_fraction)
     rows, cut = encode_pairs(pairs[n_eval:], tok, config.max_len)
     micro = config.get("micro_pairs", config.batch_pairs)
-    eval_rows = _pad_to_micro(encode_pairs(pairs[:n_eval], tok, config.max_len)[0], micro)
+    eval_rows = supervised.pad_rows(encode_pairs(pairs[:n_eval], tok, config.max_len)[0], micro)
     config.optim.total_steps = config.steps
     optimizer, schedule = make_optimizer(config.optim)
-    state = runtime.init_state(params, optimizer, mesh)
-    ckpt = Checkpointer(workdir)
-    it = DataIterator(
-        [{"i": i} for i in range(len(rows["valid"]))], config.batch_pairs, seed=config.seed
-    )
-    if ckpt.latest_step() is not None:
-        state, extra = ckpt.restore(ckpt.latest_step(), state)
-        it.set_state(extra["data"])
-    example = runtime.micro_split({k: v[: config.batch_pairs] for k, v in rows.items()}, micro)
-    step_fn = make_rm_step(
-        cfg,
-        optimizer,
-        state_shardings=runtime.shardings_of(state),
-        batch_shardings=runtime.batch_shardings(mesh, example),
-    )
     eval_fn = make_rm_eval(cfg)
 
     def evaluate(params) -> dict:
@@ -392,32 +368,27 @@ def train_reward_model(config, workdir: str):
         m = jax.device_get(eval_fn(params, runtime.micro_split(eval_rows, micro)))
         return {f"eval/{k}": float(v) / n_eval for k, v in m.items()}
 
-    writer = MetricsWriter(workdir)
-    start = int(state["step"])
-    if start == 0 and n_eval:
-        writer.write(0, {**evaluate(state["params"]), "data/truncated_sequences": cut})
-    bar = progress(config.steps, start, "reward_model")
-    with StopSignal() as stop:
-        for step in range(start + 1, config.steps + 1):
-            idx = [b["i"] for b in next(it)]
-            batch, _ = runtime.put_batch(
-                mesh, runtime.micro_split({k: v[idx] for k, v in rows.items()}, micro)
-            )
-            state, m = step_fn(state, batch)
-            bar.update(1)
-            if step % config.log_every == 0 or step == config.steps:
-                m = {f"train/{k}": float(v) for k, v in jax.device_get(m).items()}
-                m["train/lr"] = float(schedule(step - 1))
-                m.update(evaluate(state["params"]))
-                writer.write(step, m)
-                bar.set_postfix(loss=f"{m['train/loss']:.3f}", acc=f"{m['train/accuracy']:.2f}")
-            if step % config.ckpt_every == 0 or step == config.steps or stop.requested:
-                ckpt.save(step, state, {"data": it.get_state()})
-            if stop.requested:
-                break
-    ckpt.close()
-    bar.close()
-    writer.close()
-    if int(state["step"]) >= config.steps:
+    def make_step(state_shardings, batch_shardings):
+        return make_rm_step(
+            cfg, optimizer, state_shardings=state_shardings, batch_shardings=batch_shardings
+        )
+
+    state = runtime.init_state(params, optimizer, mesh)
+    state, finished = supervised.fit(
+        config,
+        workdir,
+        mesh,
+        state,
+        rows,
+        schedule,
+        name="reward_model",
+        make_step=make_step,
+        evaluate=evaluate if n_eval else None,
+        batch=config.batch_pairs,
+        micro=micro,
+        postfix=("loss", "accuracy"),
+        first_metrics={"data/truncated_sequences": cut},
+    )
+    if finished:
         save_reward_model(os.path.join(workdir, "reward_model"), state["params"], cfg, tok_dir)
     return state, cfg

@@ -163,16 +163,11 @@ def load_examples(dcfg, tokenizer=None):
 
 def train_sft(config, workdir: str):
     """Trains with next-token loss; writes WORKDIR/model (an r1jax model directory)."""
-    import json
     import os
 
-    from r1jax import checkpoint, runtime
-    from r1jax.config_checks import check_resume
-    from r1jax.data import DataIterator
-    from r1jax.metrics import MetricsWriter, progress
+    from r1jax import checkpoint, runtime, supervised
     from r1jax.rl.update import make_optimizer
     from r1jax.tokenizer import train_sentencepiece
-    from r1jax.train_state import Checkpointer, StopSignal
 
     os.makedirs(workdir, exist_ok=True)
     mesh = runtime.make_mesh(config)
@@ -198,11 +193,10 @@ def train_sft(config, workdir: str):
     n_eval = int(len(ids) * config.data.eval_fraction)
     kw = dict(pad_id=tok.pad_id, loss_on_prompt=config.data.loss_on_prompt)
     rows = pack(ids[n_eval:], config.row_len, **kw)
-    eval_rows = pack(ids[:n_eval], config.row_len, **kw) if n_eval else None
     micro = config.get("micro_rows", config.batch_rows)
-    if eval_rows is not None:  # pad with empty rows (no targets) to whole micro-batches
-        pad = -len(eval_rows["tokens"]) % micro
-        eval_rows = {k: np.pad(v, ((0, pad), (0, 0))) for k, v in eval_rows.items()}
+    eval_rows = (
+        supervised.pad_rows(pack(ids[:n_eval], config.row_len, **kw), micro) if n_eval else None
+    )
     cfg, params, _ = runtime.load_or_init_model(config.model, mesh, tok.vocab_size, config.seed)
     if not config.steps:  # from epochs over the packed rows
         config.steps = max(
@@ -210,52 +204,37 @@ def train_sft(config, workdir: str):
         )
     config.optim.total_steps = config.steps
     optimizer, schedule = make_optimizer(config.optim)
-    state = runtime.init_state(params, optimizer, mesh)
-    ckpt = Checkpointer(workdir)
-    it = DataIterator(
-        [{"i": i} for i in range(len(rows["tokens"]))], config.batch_rows, seed=config.seed
-    )
-    if ckpt.latest_step() is not None:
-        state, extra = ckpt.restore(ckpt.latest_step(), state)
-        check_resume(extra.get("config", {}), json.loads(config.to_json_best_effort()))
-        it.set_state(extra["data"])
-    shapes = {k: np.zeros((config.batch_rows,) + v.shape[1:], v.dtype) for k, v in rows.items()}
-    example = runtime.micro_split(shapes, micro)
-    step_fn = make_sft_step(
-        cfg,
-        optimizer,
-        state_shardings=runtime.shardings_of(state),
-        batch_shardings=runtime.batch_shardings(mesh, example),
-        vocab_chunk=config.vocab_chunk,
-    )
     eval_fn = make_eval_loss(cfg, config.vocab_chunk)
-    writer = MetricsWriter(workdir)
-    start = int(state["step"])
-    bar = progress(config.steps, start, "sft")
-    with StopSignal() as stop:
-        for step in range(start + 1, config.steps + 1):
-            idx = [b["i"] for b in next(it)]
-            batch, _ = runtime.put_batch(
-                mesh, runtime.micro_split({k: v[idx] for k, v in rows.items()}, micro)
-            )
-            state, m = step_fn(state, batch)
-            bar.update(1)
-            if step % config.log_every == 0 or step == config.steps:
-                m = {f"train/{k}": float(v) for k, v in jax.device_get(m).items()}
-                m["train/lr"] = float(schedule(step - 1))
-                if eval_rows is not None:
-                    nll, cnt = eval_fn(state["params"], runtime.micro_split(eval_rows, micro))
-                    m["eval/loss"] = float(nll) / max(int(cnt), 1)
-                writer.write(step, m)
-                bar.set_postfix(loss=f"{m['train/loss']:.3f}")
-            if step % config.ckpt_every == 0 or step == config.steps or stop.requested:
-                extra = {"data": it.get_state(), "config": json.loads(config.to_json_best_effort())}
-                ckpt.save(step, state, extra)
-            if stop.requested:
-                break
-    ckpt.close()
-    bar.close()
-    writer.close()
-    if int(state["step"]) >= config.steps:
+
+    def evaluate(params):
+        if eval_rows is None:
+            return {}
+        nll, cnt = eval_fn(params, runtime.micro_split(eval_rows, micro))
+        return {"eval/loss": float(nll) / max(int(cnt), 1)}
+
+    def make_step(state_shardings, batch_shardings):
+        return make_sft_step(
+            cfg,
+            optimizer,
+            state_shardings=state_shardings,
+            batch_shardings=batch_shardings,
+            vocab_chunk=config.vocab_chunk,
+        )
+
+    state = runtime.init_state(params, optimizer, mesh)
+    state, finished = supervised.fit(
+        config,
+        workdir,
+        mesh,
+        state,
+        rows,
+        schedule,
+        name="sft",
+        make_step=make_step,
+        evaluate=evaluate,
+        batch=config.batch_rows,
+        micro=micro,
+    )
+    if finished:
         checkpoint.save_model(os.path.join(workdir, "model"), state["params"], cfg, tok_dir)
     return state, cfg
