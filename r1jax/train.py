@@ -159,8 +159,9 @@ class Trainer:
         return self.fns["train", prompt_len]
 
     # -- one step -----------------------------------------------------------------------------
-    def _draw(self, step: int, draw: int) -> dict:
-        """One rollout of B prompts x G samples, scored by the reward functions."""
+    def _draw(self, step: int, draw: int, wait: bool = True) -> dict:
+        """One rollout of B prompts x G samples; its rewards are computed in the reward workers
+        (with wait=False, still running when this returns: see `_rewards`)."""
         c, G = self.c, self.c.rollout.group_size
         examples = next(self.it)
         with self.timer("rollout"):
@@ -180,25 +181,34 @@ class Trainer:
                 )
             )
             comps = experience.decode_completions(out, self.tok)
-        with self.timer("reward"):
-            prompts = [t for t in texts for _ in range(G)]
-            res = self.stack(prompts, comps, experience.reward_fields(examples, G, out))
-        return {
+        prompts = [t for t in texts for _ in range(G)]
+        future = self.stack.submit(prompts, comps, experience.reward_fields(examples, G, out))
+        d = {
             **experience.make_rows(tokens, mask, out, G),
-            "total": res.total,
-            "correct": res.correct,
             "truncated": out["truncated"],
-            **{f"reward/{k}": v for k, v in res.per_fn.items()},
             "prompt": np.asarray(prompts, object),
             "completion": np.asarray(comps, object),
-            "counters": res.counters,
         }
+        if wait:
+            self._rewards(d, future)
+        else:  # the caller scores on device meanwhile, then calls _rewards
+            d["future"] = future
+        return d
+
+    def _rewards(self, d: dict, future) -> None:
+        """Waits for a draw's rewards (worker processes) and adds them to it."""
+        with self.timer("reward"):
+            res = future.result()
+        d.update(total=res.total, correct=res.correct, counters=res.counters,
+                 **{f"reward/{k}": v for k, v in res.per_fn.items()})  # fmt: skip
 
     def rollout(self, step: int) -> tuple[dict, int]:
         """B groups to train on. With dynamic sampling (DAPO), groups whose rewards are all equal
         are dropped and more prompts are drawn, up to rl.max_gen_batches draws; if still short,
         the batch is filled with dropped groups (zero advantage: they add no gradient)."""
         c, G, B = self.c, self.c.rollout.group_size, self.c.rollout.num_prompts
+        if not c.rl.dynamic_sampling:  # rewards finish while the device scores (train_step)
+            return self._draw(step, 0, wait=False), 1
         draws, kept, dropped = [], [], []
         while len(kept) < B and len(draws) < max(1, c.rl.max_gen_batches):
             d = self._draw(step, len(draws))
@@ -206,7 +216,7 @@ class Trainer:
             varied = np.nanmax(total, 1) > np.nanmin(total, 1)
             for g in range(B):
                 gid = len(draws) * B + g
-                (kept if varied[g] or not c.rl.dynamic_sampling else dropped).append(gid)
+                (kept if varied[g] else dropped).append(gid)
             draws.append(d)
         groups = np.asarray((kept + dropped)[:B])
         exp = {k: np.concatenate([d[k] for d in draws]) for k in draws[0] if k != "counters"}
@@ -217,9 +227,7 @@ class Trainer:
     def train_step(self, step: int):
         c, rl, G = self.c, self.c.rl, self.c.rollout.group_size
         exp, draws = self.rollout(step)
-        adv, adv_stats = experience.compute_advantages(exp["total"], rl, G)
-        keys = ("tokens", "attn", "mask", "sampler_logp")
-        rows = {k: exp[k] for k in keys} | {"adv": np.asarray(adv, np.float32)}
+        rows = {k: exp[k] for k in ("tokens", "attn", "mask", "sampler_logp")}
         P = rows["tokens"].shape[1] - c.rollout.max_new_tokens
         with self.timer("score"):  # reference and old-policy log-probs, once per rollout
             split = runtime.micro_split(
@@ -233,6 +241,10 @@ class Trainer:
                 )
             if self.ref is not None:
                 rows["ref_logp"] = np.asarray(scorer(self.ref, full)).reshape(rows["mask"].shape)
+        if "future" in exp:
+            self._rewards(exp, exp.pop("future"))
+        adv, adv_stats = experience.compute_advantages(exp["total"], rl, G)
+        rows["adv"] = np.asarray(adv, np.float32)
         rng = np.random.default_rng([c.seed, step])
         updates = []
         with self.timer("update"):

@@ -21,6 +21,14 @@ def reward_one(prompts, completions, **fields):
     return [1.0] * len(completions)
 
 
+def reward_half_constant(prompts, completions, **fields):
+    """Constant for questions with an even first number (zero-variance groups), else varied."""
+    out = []
+    for c, nums in zip(completions, fields["nums"]):
+        out.append(0.5 if nums[0] % 2 == 0 else (len(c) % 5) / 5)
+    return out
+
+
 def make_model_dir(path, seed=0, **overrides):
     """A random small model with a SentencePiece tokenizer trained on the embedded corpus."""
     tok_dir = os.path.join(path, "tok")

@@ -111,3 +111,19 @@ def test_nonfinite_updates_are_skipped_counted_and_stop_the_run(model_dir, tmp_p
     rows = read_metrics(str(tmp_path))
     assert [r["train/skipped_updates"] for r in rows] == [2.0, 2.0, 2.0]  # 2 updates per step
     assert os.path.isdir(tmp_path / "checkpoints" / "3")  # saved before stopping
+
+
+def test_dynamic_sampling_draws_more_and_drops_zero_variance_groups(model_dir, tmp_path):
+    c = tiny_config(model_dir, steps=3, **{"rl.dynamic_sampling": True, "rl.max_gen_batches": 6,
+                                           "rl.loss_type": "dapo", "rl.beta": 0.0})  # fmt: skip
+    c.rewards = {"half": dict(name="tests.rl_utils:reward_half_constant", weight=1.0)}
+    t = train.Trainer(c, str(tmp_path))
+    t.run()
+    rows = read_metrics(str(tmp_path))
+    draws = [r["train/gen_batches"] for r in rows]
+    # About half the questions start with an even number: one draw of 4 never has 4 varied groups
+    # here, so every step draws more.
+    assert all(d >= 2 for d in draws)
+    assert all(r["train/frac_zero_std"] == 0.0 for r in rows)  # only varied groups trained on
+    # Every drawn batch is consumed from the data stream, so a resume stays exact.
+    assert t.it.get_state()["position"] == 4 * sum(draws)
