@@ -1,4 +1,4 @@
-"""Evaluation entry point; the logic lives in r1jax/eval.py (`run`, importable from notebooks).
+"""Evaluation entry point; the logic lives in r1jax/eval_run.py (importable from notebooks).
 
 python launch/eval.py --config=configs/eval.py --workdir=/tmp/eval_sumchain
 python launch/eval.py --config=configs/eval.py:model=DIR,benchmark=gsm8k --workdir=/tmp/eval_gsm8k

@@ -13,7 +13,7 @@ from rl_utils import make_model_dir
 
 from configs import eval as eval_configs
 from r1jax import eval as E
-from r1jax import sampling
+from r1jax import eval_run, sampling
 from r1jax.checkpoint import load_model, tokenizer_path
 from r1jax.config_checks import ConfigError
 from r1jax.data import DataError, templates
@@ -183,7 +183,7 @@ def test_greedy_equals_argmax_sampling(model_dir, tmp_path):
     rows = [json.loads(x) for x in _read(tmp_path / E.SAMPLES).splitlines()]
     cfg, params = load_model(model_dir)
     tok = load_tokenizer(tokenizer_path(model_dir))
-    questions = E.load_questions(c)
+    questions = eval_run.load_questions(c)
     prompts = [templates.r1zero(q["question"]) for q in questions]
     greedy = sampling.SamplingConfig(
         max_new_tokens=8, temperature=0.0, chunk=4, eos_ids=tuple(tok.eos_ids), pad_id=tok.pad_id
@@ -197,7 +197,7 @@ def test_greedy_equals_argmax_sampling(model_dir, tmp_path):
 
 def test_resume_with_another_config_is_refused(model_dir, tmp_path):
     c = tiny(model_dir)
-    E.check_meta(str(tmp_path), E.run_meta(c, model_dir))
+    eval_run.check_meta(str(tmp_path), eval_run.run_meta(c, model_dir))
     with pytest.raises(ConfigError, match=r"seed: 0 -> 1.*another --workdir"):
         E.run(tiny(model_dir, seed=1), str(tmp_path))
     with pytest.raises(ConfigError, match=r"k: 2 -> 4"):
@@ -210,10 +210,10 @@ def test_resume_with_another_config_is_refused(model_dir, tmp_path):
     bad = tmp_path / E.SAMPLES
     bad.write_text('{"index": 0, "sample": 0, "id": "x"}\nnot json\n{}\n')
     with pytest.raises(ValueError, match=r"eval_samples.jsonl, line 2: not valid JSON"):
-        E.load_samples(str(bad), [{"id": "x"}], 2)
+        eval_run.load_samples(str(bad), [{"id": "x"}], 2)
     bad.write_text('{"index": 0, "sample": 0, "id": "gsm8k/test/0"}\n')
     with pytest.raises(ConfigError, match=r"line 1: question 0 has id 'gsm8k/test/0'.*changed"):
-        E.load_samples(str(bad), [{"id": "gsm8k/test/7"}], 2)
+        eval_run.load_samples(str(bad), [{"id": "gsm8k/test/7"}], 2)
 
 
 def test_bad_config_and_data_are_named(model_dir, tmp_path):
