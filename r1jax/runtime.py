@@ -105,3 +105,11 @@ def batch_shardings(mesh, arrays: dict[str, np.ndarray]) -> dict:
 def put_batch(mesh, arrays: dict[str, np.ndarray]):
     s = batch_shardings(mesh, arrays)
     return {k: jax.device_put(a, s[k]) for k, a in arrays.items()}, s
+
+
+def put_prompts(mesh, tokens_BP: np.ndarray, mask_BP: np.ndarray):
+    """Prompts split over the mesh's batch axes when B divides, else replicated; the sampler's
+    rows (prompt-major, B*G) then follow the prompts' split."""
+    b = tokens_BP.shape[0]
+    s = shd.batch_sharding(mesh, 2, b) if b % shd.batch_divisor(mesh) == 0 else shd.replicated(mesh)
+    return jax.device_put(tokens_BP, s), jax.device_put(mask_BP, s)

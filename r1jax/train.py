@@ -21,6 +21,7 @@ import numpy as np
 
 from r1jax import eval as eval_lib
 from r1jax import runtime, sampling
+from r1jax import sharding as shd
 from r1jax.checkpoint import save_model
 from r1jax.config_checks import check_resume, validate
 from r1jax.data import DataIterator, load_dataset, templates
@@ -104,7 +105,7 @@ class Trainer:
         )
         self.ckpt = Checkpointer(workdir)
         self.fns: dict = {}  # ("score" | "train", prompt length) -> jitted function
-        self.key = jax.random.key(config.seed)
+        self.key = jax.device_put(jax.random.key(config.seed), shd.replicated(self.mesh))
         self.nonfinite_in_a_row = 0
         self.writer = MetricsWriter(workdir)
         self.timer = Timer()
@@ -116,12 +117,15 @@ class Trainer:
 
     # -- checkpoints ------------------------------------------------------------------------
     def _full_state(self):
-        return {"train": self.state} | ({"ref": self.ref} if self.ref is not None else {})
+        # The RNG key is part of the run's state: every step's key is derived from it.
+        full = {"train": self.state, "rng": jax.random.key_data(self.key)}
+        return full | ({"ref": self.ref} if self.ref is not None else {})
 
     def _restore(self, step):
         full, extra = self.ckpt.restore(step, self._full_state())
         check_resume(extra.get("config", {}), json.loads(self.c.to_json_best_effort()))
         self.state, self.ref = full["train"], full.get("ref")
+        self.key = jax.random.wrap_key_data(full["rng"])
         self.it.set_state(extra["data"])
         self.start = step  # loop steps (the optimizer may take several per step)
         truncate_metrics(self.workdir, self.start)
@@ -169,11 +173,12 @@ class Trainer:
                 examples, self.template, self.tok, c.rollout.max_prompt_len
             )
             key = jax.random.fold_in(jax.random.fold_in(self.key, step), draw)
+            tokens_d, mask_d = runtime.put_prompts(self.mesh, tokens, mask)
             out = jax.device_get(
                 sampling.generate(
                     self.state["params"],
-                    tokens,
-                    mask,
+                    tokens_d,
+                    mask_d,
                     key,
                     cfg=self.cfg,
                     s=self.s_train,

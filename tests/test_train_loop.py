@@ -127,3 +127,18 @@ def test_dynamic_sampling_draws_more_and_drops_zero_variance_groups(model_dir, t
     assert all(r["train/frac_zero_std"] == 0.0 for r in rows)  # only varied groups trained on
     # Every drawn batch is consumed from the data stream, so a resume stays exact.
     assert t.it.get_state()["position"] == 4 * sum(draws)
+
+
+def test_training_on_8_devices_matches_one_device(model_dir, tmp_path):
+    """Sharded rollouts, scoring and updates: the first step sees the same samples and rewards,
+    and the parameters after two steps agree."""
+    one = train.Trainer(tiny_config(model_dir, steps=2), str(tmp_path / "one"))
+    one.run()
+    eight = train.Trainer(tiny_config(model_dir, steps=2, mesh=[("fsdp", 4), ("data", 2)],
+                                      **{"rl.micro_batch": 8}), str(tmp_path / "eight"))  # fmt: skip
+    eight.run()
+    assert len(eight.state["params"]["layers"]["wq"].sharding.device_set) == 8
+    m1, m8 = read_metrics(str(tmp_path / "one")), read_metrics(str(tmp_path / "eight"))
+    assert m8[0]["train/reward"] == pytest.approx(m1[0]["train/reward"], abs=1e-6)
+    for a, b in zip(_params(one), _params(eight)):
+        np.testing.assert_allclose(a, b, atol=1e-5, rtol=0)
