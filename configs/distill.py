@@ -80,16 +80,24 @@ def get_config(arg=None):
         raise ValueError(f"--config argument mode={arg.mode!r}: traces or logits")
     c = ml_collections.ConfigDict()
     c.mode, c.teacher, c.student = arg.mode, arg.teacher, arg.student
-    c.student_overrides = dict(d_model=64, n_layers=2, n_heads=2, n_kv_heads=1, head_dim=32,
-                               d_ff=256, max_seq_len=512)  # fmt: skip
+    c.student_overrides = dict(
+        d_model=64, n_layers=2, n_heads=2, n_kv_heads=1, head_dim=32, d_ff=256, max_seq_len=512
+    )
     c.teacher_rl = r1zero.get_config()  # used when teacher is ""
     c.traces = rejection.get_config()
     c.traces.data.num_prompts = 1024
-    c.traces.sampling.update(num_samples=4, prompts_per_batch=128, max_new_tokens=64, chunk=16,
-                             max_prompt_len=80, temperature=0.6)  # fmt: skip
+    c.traces.sampling.update(
+        num_samples=4,
+        prompts_per_batch=128,
+        max_new_tokens=64,
+        chunk=16,
+        max_prompt_len=80,
+        temperature=0.6,
+    )
     c.sft = sft.get_config()  # R1: 2-3 epochs, cosine to 0.1x
-    c.sft.update(row_len=288, batch_rows=16, micro_rows=16, steps=150, log_every=10,
-                 ckpt_every=1000)  # fmt: skip
+    c.sft.update(
+        row_len=288, batch_rows=16, micro_rows=16, steps=150, log_every=10, ckpt_every=1000
+    )
     c.sft.optim.update(lr=3e-4, warmup_steps=10, min_lr_ratio=0.1)
     c.logit = logit_config()
     c.logit.update(row_len=288, batch_rows=16, micro_rows=16, steps=150, log_every=10)

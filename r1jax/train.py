@@ -204,8 +204,12 @@ class Trainer:
         """Waits for a draw's rewards (worker processes) and adds them to it."""
         with self.timer("reward"):
             res = future.result()
-        d.update(total=res.total, correct=res.correct, counters=res.counters,
-                 **{f"reward/{k}": v for k, v in res.per_fn.items()})  # fmt: skip
+        d.update(
+            total=res.total,
+            correct=res.correct,
+            counters=res.counters,
+            **{f"reward/{k}": v for k, v in res.per_fn.items()},
+        )
 
     def rollout(self, step: int) -> tuple[dict, int]:
         """B groups to train on. With dynamic sampling (DAPO), groups whose rewards are all equal

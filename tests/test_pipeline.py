@@ -32,11 +32,18 @@ def _tiny_pipeline(base):
         max_repeated_ngram_frac=0.0,
         max_line_repeats=0,
     )
-    c.rejection.sampling.update(num_samples=2, prompts_per_batch=4, max_new_tokens=8,
-                                max_prompt_len=128)  # fmt: skip
+    c.rejection.sampling.update(
+        num_samples=2, prompts_per_batch=4, max_new_tokens=8, max_prompt_len=128
+    )
     c.reward_model.update(steps=2, batch_pairs=4, micro_pairs=4)
-    c.eval.update(num_questions=4, k=2, prompts_per_batch=4, max_new_tokens=8, max_prompt_len=128,
-                  pass_ks=(1, 2))  # fmt: skip
+    c.eval.update(
+        num_questions=4,
+        k=2,
+        prompts_per_batch=4,
+        max_new_tokens=8,
+        max_prompt_len=128,
+        pass_ks=(1, 2),
+    )
     return c
 
 

@@ -114,8 +114,16 @@ def test_nonfinite_updates_are_skipped_counted_and_stop_the_run(model_dir, tmp_p
 
 
 def test_dynamic_sampling_draws_more_and_drops_zero_variance_groups(model_dir, tmp_path):
-    c = tiny_config(model_dir, steps=3, **{"rl.dynamic_sampling": True, "rl.max_gen_batches": 6,
-                                           "rl.loss_type": "dapo", "rl.beta": 0.0})  # fmt: skip
+    c = tiny_config(
+        model_dir,
+        steps=3,
+        **{
+            "rl.dynamic_sampling": True,
+            "rl.max_gen_batches": 6,
+            "rl.loss_type": "dapo",
+            "rl.beta": 0.0,
+        },
+    )
     c.rewards = {"half": dict(name="tests.rl_utils:reward_half_constant", weight=1.0)}
     t = train.Trainer(c, str(tmp_path))
     t.run()
@@ -134,8 +142,10 @@ def test_training_on_8_devices_matches_one_device(model_dir, tmp_path):
     and the parameters after two steps agree."""
     one = train.Trainer(tiny_config(model_dir, steps=2), str(tmp_path / "one"))
     one.run()
-    eight = train.Trainer(tiny_config(model_dir, steps=2, mesh=[("fsdp", 4), ("data", 2)],
-                                      **{"rl.micro_batch": 8}), str(tmp_path / "eight"))  # fmt: skip
+    eight = train.Trainer(
+        tiny_config(model_dir, steps=2, mesh=[("fsdp", 4), ("data", 2)], **{"rl.micro_batch": 8}),
+        str(tmp_path / "eight"),
+    )
     eight.run()
     assert len(eight.state["params"]["layers"]["wq"].sharding.device_set) == 8
     m1, m8 = read_metrics(str(tmp_path / "one")), read_metrics(str(tmp_path / "eight"))
