@@ -2,8 +2,13 @@
 
 Decoding runs on device as a `lax.while_loop` over chunks, each chunk a `lax.scan` of `chunk`
 steps; the loop stops after the chunk in which every row has ended (EOS, a stop sequence, or
-max_new_tokens). Rows advance in lockstep, and prompts are left-padded to a bucketed length,
-so there is one compilation per (batch, prompt bucket, config).
+max_new_tokens). There are three such loops in a row, with a per-row KV cache of ~1/4, 1/2 and
+all of max_new_tokens, so that early steps do not read (and on XLA CPU copy) a cache sized for
+the last. Rows advance in lockstep, and prompts are left-padded to a bucketed length, so there
+is one compilation per (batch, prompt bucket, config).
+
+Tokens are drawn by inverse CDF with one uniform per row (`_draw`); top-p looks for the nucleus
+among the top 1024 logits before it sorts the vocabulary. Both are exact.
 
 Sampler log-probs: log softmax(logits / T) of the sampled token under the *full* temperature-
 scaled distribution, before top-k/top-p truncation. That is exactly the distribution the
@@ -208,16 +213,25 @@ def generate(
         state, done_before = jax.lax.scan(step, state, None, length=s.chunk)
         return state
 
+    # Phases with a growing cache (see _phase_lengths): attention reads only the cache of the
+    # current phase, not one sized for the whole generation, at the cost of compiling the decode
+    # body once per phase.
+    lengths = _phase_lengths(T_pad, s.chunk)
     toks0 = jnp.full((N, T_pad), s.pad_id, jnp.int32)
     state = (
-        tfm.init_suffix(cfg, N, T_pad),
+        tfm.init_suffix(cfg, N, lengths[0]),
         logits,
         toks0,
         jnp.zeros((N, T_pad), jnp.float32),
         jnp.zeros((N,), bool),
         jnp.zeros((), jnp.int32),
     )
-    state = jax.lax.while_loop(lambda st: (st[5] < T) & ~jnp.all(st[4]), chunk, state)
+    for j, end in enumerate(lengths):
+        if j:
+            state = (_grow_suffix(state[0], tfm.init_suffix(cfg, N, end)), *state[1:])
+        state = jax.lax.while_loop(
+            lambda st, end=min(T, end): (st[5] < end) & ~jnp.all(st[4]), chunk, state
+        )
     _, _, toks, logps, _, _ = state
     toks, logps = toks[:, :T], logps[:, :T]
     # A row's tokens run up to and including its ending token.
@@ -232,6 +246,28 @@ def generate(
         "mask": mask,
         "length": length,
         "truncated": ended >= T,
+    }
+
+
+_PHASES = 3
+
+
+def _phase_lengths(T_pad: int, chunk: int) -> list[int]:
+    """Suffix-cache length of each decode phase: about T_pad/4, T_pad/2 and T_pad, in whole
+    chunks. A step attends to its phase's cache, on average ~0.7 of the full one."""
+    lengths: list[int] = []
+    for j in reversed(range(_PHASES)):
+        n = min(T_pad, max(chunk, -(-(T_pad >> j) // chunk) * chunk))
+        if not lengths or n > lengths[-1]:
+            lengths.append(n)
+    return lengths
+
+
+def _grow_suffix(suffix: dict, empty: dict) -> dict:
+    """`suffix` copied into the start of the larger, empty cache `empty` (any layout)."""
+    return {
+        k: v if v.ndim == 0 else jax.lax.dynamic_update_slice(empty[k], v, (0,) * v.ndim)
+        for k, v in suffix.items()
     }
 
 
