@@ -195,6 +195,8 @@ def generate(
     h_BD, prefix = tfm.prefill(params, prompt_tokens_BP, prompt_mask_BP, cfg)
     logits = jnp.repeat(tfm.logits_from_hidden(params, h_BD, cfg), G, axis=0)
     start_pos = jnp.repeat(prefix["length"], G).astype(jnp.int32)
+    if cfg.unroll_decode:
+        params, prefix = tfm.unstack_layers(params, prefix)
 
     def step(state, _):
         suffix, logits, toks, logps, done, t = state

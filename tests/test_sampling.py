@@ -40,10 +40,13 @@ def _prompts(seed=0, lengths=(7, 3, 12)):
     return left_padded_batch(np.random.default_rng(seed), CFG.vocab_size, list(lengths), 16)
 
 
-def test_greedy_equals_argmax_of_full_forward(params):
+# unroll_decode: the decode loop over per-layer weights instead of a scan over the stack.
+@pytest.mark.parametrize("unroll", [False, True])
+def test_greedy_equals_argmax_of_full_forward(params, unroll):
     tokens, mask = _prompts()
     s = sampling.SamplingConfig(max_new_tokens=12, temperature=0.0, chunk=5)
-    out = sampling.generate(params, tokens, mask, jax.random.key(0), cfg=CFG, s=s, group_size=2)
+    cfg = CFG.replace(unroll_decode=unroll)
+    out = sampling.generate(params, tokens, mask, jax.random.key(0), cfg=cfg, s=s, group_size=2)
     seq, m = np.repeat(tokens, 2, 0), np.repeat(mask, 2, 0)
     for _ in range(12):  # no cache: the whole sequence is recomputed for every new token
         nxt = np.asarray(logits(params, seq, m, CFG))[:, -1].argmax(-1)
@@ -55,10 +58,12 @@ def test_greedy_equals_argmax_of_full_forward(params):
     assert np.all(out["mask"] == 1) and np.all(out["truncated"])
 
 
-def test_sampler_logprobs_equal_trainer_logprobs(params):
+@pytest.mark.parametrize("unroll", [False, True])
+def test_sampler_logprobs_equal_trainer_logprobs(params, unroll):
     tokens, mask = _prompts(1)
     s = sampling.SamplingConfig(max_new_tokens=20, temperature=1.0, chunk=8)
-    out = sampling.generate(params, tokens, mask, jax.random.key(3), cfg=CFG, s=s, group_size=4)
+    cfg = CFG.replace(unroll_decode=unroll)
+    out = sampling.generate(params, tokens, mask, jax.random.key(3), cfg=cfg, s=s, group_size=4)
     full = np.concatenate([np.repeat(tokens, 4, 0), out["tokens"]], 1)
     fmask = np.concatenate([np.repeat(mask, 4, 0), out["mask"]], 1)
     h = forward(params, full, positions_from_mask(fmask), fmask, CFG)
