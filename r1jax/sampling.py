@@ -267,10 +267,11 @@ def _phase_lengths(T_pad: int, chunk: int) -> list[int]:
 
 def _grow_suffix(suffix: dict, empty: dict) -> dict:
     """`suffix` copied into the start of the larger, empty cache `empty` (any layout)."""
-    return {
-        k: v if v.ndim == 0 else jax.lax.dynamic_update_slice(empty[k], v, (0,) * v.ndim)
-        for k, v in suffix.items()
-    }
+
+    def grow(v, e):
+        return jax.lax.dynamic_update_slice(e, v, (0,) * v.ndim)
+
+    return {**suffix, **{k: jax.tree.map(grow, suffix[k], empty[k]) for k in ("k", "v")}}
 
 
 def _first_end(row_T, s: SamplingConfig):

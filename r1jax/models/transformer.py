@@ -371,11 +371,12 @@ def init_suffix(cfg: ModelConfig, n: int, max_len: int, dtype=None) -> dict:
     """
     L, K, Dh = cfg.n_layers, cfg.n_kv_heads, cfg.head_dim
     dtype = dtype or cfg.dtype
-    return {
-        "k": jnp.zeros((L, n, K, Dh, max_len), dtype),
-        "v": jnp.zeros((L, n, K, max_len, Dh), dtype),
-        "index": jnp.zeros((), jnp.int32),
-    }
+    if cfg.unroll_decode:  # per-layer lists: see unstack_layers
+        k = [jnp.zeros((n, K, Dh, max_len), dtype) for _ in range(L)]
+        v = [jnp.zeros((n, K, max_len, Dh), dtype) for _ in range(L)]
+    else:
+        k, v = jnp.zeros((L, n, K, Dh, max_len), dtype), jnp.zeros((L, n, K, max_len, Dh), dtype)
+    return {"k": k, "v": v, "index": jnp.zeros((), jnp.int32)}
 
 
 def _decode_attention(q_NHh, prefix_k, prefix_v, prefix_mask, k_NKhS, v_NKSh, valid_S):
@@ -404,7 +405,8 @@ def unstack_layers(params: Params, prefix: dict) -> tuple[Params, dict]:
     """Per-layer lists of the stacked layer weights and prefix cache, for an unrolled decode.
 
     Sliced once per generation: inside the decode loop, scanning over the stack would copy each
-    layer's weights out of it on every step (XLA CPU does not read a dynamic slice in place).
+    layer's weights and cache out of it on every step (XLA CPU does not read a dynamic slice in
+    place). The suffix cache is made per layer by init_suffix when cfg.unroll_decode is set.
     """
     L = prefix["k"].shape[0]
     layers = [jax.tree.map(lambda a, i=i: a[i], params["layers"]) for i in range(L)]
@@ -417,31 +419,43 @@ def decode_step(
 ):
     """Appends one token per row. Returns the hidden state [N,D] and the updated suffix.
 
-    Row n belongs to prompt n // G, where G = N / B is inferred from the shapes.
+    Row n belongs to prompt n // G, where G = N / B is inferred from the shapes. Weights and
+    caches are either stacked over layers (run under lax.scan) or, with cfg.unroll_decode, lists
+    of per-layer arrays (see unstack_layers and init_suffix), run as straight-line code.
     """
     idx = suffix["index"]
-    valid_S = jnp.arange(suffix["v"].shape[3]) <= idx
+    v0 = suffix["v"][0] if isinstance(suffix["v"], list) else suffix["v"]
+    valid_S = jnp.arange(v0.shape[-2]) <= idx
     pos = positions_N[:, None]
 
-    def layer(carry, xs):
-        x, ck, cv = carry
-        lp, li, pk, pv = xs
+    def new_kv(x, lp):  # q, and this token's k column [N,K,Dh,1] and v row [N,K,1,Dh]
         q, k, v = _qkv(x, lp, pos, cfg)
-        # One column of the loop-carried cache is written in place, not the whole cache.
-        k_col = k.transpose(0, 2, 3, 1)[None].astype(ck.dtype)  # [1,N,K,Dh,1]
-        v_row = v.transpose(0, 2, 1, 3)[None].astype(cv.dtype)  # [1,N,K,1,Dh]
-        ck = jax.lax.dynamic_update_slice(ck, k_col, (li, 0, 0, 0, idx))
-        cv = jax.lax.dynamic_update_slice(cv, v_row, (li, 0, 0, idx, 0))
-        o = _decode_attention(q[:, 0], pk, pv, prefix["mask"], ck[li], cv[li], valid_S)
-        return (_finish_block(x, o, lp, cfg), ck, cv), None
+        return q, k.transpose(0, 2, 3, 1), v.transpose(0, 2, 1, 3)
 
-    carry = (embed(params, tokens_N[:, None], cfg), suffix["k"], suffix["v"])
-    if isinstance(params["layers"], list):  # from unstack_layers
+    def attend(x, q, lp, pk, pv, ck, cv):  # ck [N,K,Dh,S], cv [N,K,S,Dh]: this layer's suffix
+        o = _decode_attention(q[:, 0], pk, pv, prefix["mask"], ck, cv, valid_S)
+        return _finish_block(x, o, lp, cfg)
+
+    # One column of the cache is written in place, not the whole cache.
+    x = embed(params, tokens_N[:, None], cfg)
+    if isinstance(params["layers"], list):
+        ck, cv = list(suffix["k"]), list(suffix["v"])
         for i, lp in enumerate(params["layers"]):
-            carry, _ = layer(carry, (lp, i, prefix["k"][i], prefix["v"][i]))
-        x, ck, cv = carry
+            q, k_col, v_row = new_kv(x, lp)
+            ck[i] = jax.lax.dynamic_update_slice(ck[i], k_col.astype(ck[i].dtype), (0, 0, 0, idx))
+            cv[i] = jax.lax.dynamic_update_slice(cv[i], v_row.astype(cv[i].dtype), (0, 0, idx, 0))
+            x = attend(x, q, lp, prefix["k"][i], prefix["v"][i], ck[i], cv[i])
     else:
+
+        def layer(carry, xs):
+            x, ck, cv = carry
+            lp, li, pk, pv = xs
+            q, k_col, v_row = new_kv(x, lp)
+            ck = jax.lax.dynamic_update_slice(ck, k_col[None].astype(ck.dtype), (li, 0, 0, 0, idx))
+            cv = jax.lax.dynamic_update_slice(cv, v_row[None].astype(cv.dtype), (li, 0, 0, idx, 0))
+            return (attend(x, q, lp, pk, pv, ck[li], cv[li]), ck, cv), None
+
         xs = (params["layers"], jnp.arange(cfg.n_layers), prefix["k"], prefix["v"])
-        (x, ck, cv), _ = jax.lax.scan(layer, carry, xs)
+        (x, ck, cv), _ = jax.lax.scan(layer, (x, suffix["k"], suffix["v"]), xs)
     h = rms_norm(x[:, 0], params["final_norm"], cfg.rms_eps)
     return h, {"k": ck, "v": cv, "index": idx + 1}
