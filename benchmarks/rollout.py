@@ -37,6 +37,8 @@ from r1jax import sampling
 from r1jax.models import get_preset
 from r1jax.models.hf import load_hf
 
+UNROLL_DECODE = False  # --unroll-decode: ModelConfig.unroll_decode on the r1jax side
+
 
 def make_hf_model(preset: str, path: str):
     """A random transformers Qwen2 model with the preset's shape, saved to `path`."""
@@ -128,6 +130,7 @@ def bench_model(preset: str, B: int, G: int, T: int, lens: tuple[int, int], repe
         t0 = time.perf_counter()
         model = make_hf_model(preset, tmp)
         cfg, params = load_hf(tmp)
+        cfg = cfg.replace(unroll_decode=UNROLL_DECODE)
         print(f"{preset}: made, saved and loaded in {time.perf_counter() - t0:.1f}s")
     tokens, mask, plens = make_prompts(B, cfg.vocab_size, *lens)
     flops, n_tok = model_flops(cfg, plens, G, T), B * G * T
@@ -208,7 +211,10 @@ def main():
     ap.add_argument("--no-write", action="store_true", help="print, do not touch RESULTS.md")
     ap.add_argument("--r1jax-from", metavar="DIR", help="import r1jax from DIR/r1jax instead")
     ap.add_argument("--section", help="section of RESULTS.md (default: 'Rollout: <model>')")
+    ap.add_argument("--unroll-decode", action="store_true", help="r1jax with unroll_decode=True")
     args = ap.parse_args()
+    global UNROLL_DECODE
+    UNROLL_DECODE = args.unroll_decode
     B, G, T = 16, 8, args.new
     repeats = args.repeats or (5 if args.model == "tiny" else 1)
     import r1jax
@@ -239,7 +245,8 @@ def main():
 Generated tokens per second, r1jax `sampling.generate` (jit, XLA CPU) against transformers
 `generate` (PyTorch eager, CPU), identical random fp32 weights (transformers model saved with
 `save_pretrained`, loaded with `r1jax.models.hf.load_hf`), EOS off on both sides,
-temperature 1, no top-k/top-p, left-padded prompts. "compile" = trace + lower + XLA compile;
+temperature 1, no top-k/top-p, left-padded prompts, r1jax unroll_decode={UNROLL_DECODE}.
+"compile" = trace + lower + XLA compile;
 "first run" = first execution after it (transformers: a 2-token warm-up generate). Each side
 has {repeats} timed run(s) (r1jax's first run counts as one), alternating between the sides;
 tokens/s, GFLOP/s, fraction of peak and the ratio use each side's best run, because on a
