@@ -23,13 +23,12 @@ data with r1jax/rejection.py and train with r1jax/sft.py; this module is the log
 
 from __future__ import annotations
 
-import functools
 import os
 
 import jax
 import jax.numpy as jnp
-import optax
 
+from r1jax import optim
 from r1jax.models import transformer as tfm
 from r1jax.models.config import ModelConfig
 
@@ -201,24 +200,8 @@ def make_distill_step(
 
         zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, f32), params)
         (loss, grads), _ = jax.lax.scan(acc, (jnp.zeros((), f32), zeros), batch)
-        grad_norm = optax.global_norm(grads)
-        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-        updates, new_opt = optimizer.update(grads, state["opt_state"], params)
-        new_params = optax.apply_updates(params, updates)
-        keep = functools.partial(jax.tree.map, lambda a, b: jnp.where(finite, a, b))
-        new_state = {
-            "params": keep(new_params, params),
-            "opt_state": keep(new_opt, state["opt_state"]),
-            "step": state["step"] + finite.astype(jnp.int32),
-        }
-        metrics = {
-            "loss": loss,
-            "kl": loss / t2,
-            "grad_norm": grad_norm,
-            "tokens": total,
-            "skipped": 1.0 - finite.astype(f32),
-        }
-        return new_state, metrics
+        new_state, m = optim.apply_if_finite(state, grads, loss, optimizer)
+        return new_state, {"loss": loss, "kl": loss / t2, "tokens": total, **m}
 
     return jax.jit(
         step,
@@ -266,7 +249,6 @@ def _tokenizer_dirs(config) -> tuple[str, str]:
 def train_distill(config, workdir: str):
     """Trains the student on KL(teacher || student); writes WORKDIR/model."""
     from r1jax import checkpoint, runtime, supervised
-    from r1jax.rl.update import make_optimizer
     from r1jax.sft import load_examples, pack
     from r1jax.tokenizer import load_tokenizer
 
@@ -294,7 +276,7 @@ def train_distill(config, workdir: str):
         supervised.pad_rows(pack(ids[:n_eval], config.row_len, **kw), micro) if n_eval else None
     )
     config.optim.total_steps = config.steps
-    optimizer, schedule = make_optimizer(config.optim)
+    optimizer, schedule = optim.make_optimizer(config.optim)
     eval_fn = make_eval_kl(cfg, t_cfg, **kl_kw)
 
     def evaluate(params) -> dict:

@@ -24,7 +24,6 @@ called directly on lists it scores `batch_size` rows at a time.
 
 from __future__ import annotations
 
-import functools
 import math
 import os
 import shutil
@@ -32,9 +31,8 @@ import shutil
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
-from r1jax import checkpoint, sampling
+from r1jax import checkpoint, optim, sampling
 from r1jax import sharding as shd
 from r1jax.models import transformer as tfm
 from r1jax.models.config import ModelConfig
@@ -130,18 +128,8 @@ def make_rm_step(cfg: ModelConfig, optimizer, *, state_shardings, batch_sharding
         m0 = {k: jnp.zeros((), f32) for k in ("loss", "accuracy", "margin")}
         (m, grads), _ = jax.lax.scan(acc, (m0, zeros), batch)
         m = {k: v / total for k, v in m.items()}
-        grad_norm = optax.global_norm(grads)
-        finite = jnp.isfinite(m["loss"]) & jnp.isfinite(grad_norm)
-        updates, new_opt = optimizer.update(grads, state["opt_state"], params)
-        new_params = optax.apply_updates(params, updates)
-        keep = functools.partial(jax.tree.map, lambda a, b: jnp.where(finite, a, b))
-        new_state = {
-            "params": keep(new_params, params),
-            "opt_state": keep(new_opt, state["opt_state"]),
-            "step": state["step"] + finite.astype(jnp.int32),
-        }
-        m.update(grad_norm=grad_norm, skipped=1.0 - finite.astype(f32))
-        return new_state, m
+        new_state, extra = optim.apply_if_finite(state, grads, m["loss"], optimizer)
+        return new_state, {**m, **extra}
 
     return jax.jit(
         step,
@@ -338,7 +326,6 @@ def train_reward_model(config, workdir: str):
     "embedded" / "" (random, config.model.preset) that gets a fresh head.
     """
     from r1jax import runtime, supervised
-    from r1jax.rl.update import make_optimizer
 
     os.makedirs(workdir, exist_ok=True)
     mesh = runtime.make_mesh(config)
@@ -359,7 +346,7 @@ def train_reward_model(config, workdir: str):
     micro = config.get("micro_pairs", config.batch_pairs)
     eval_rows = supervised.pad_rows(encode_pairs(pairs[:n_eval], tok, config.max_len)[0], micro)
     config.optim.total_steps = config.steps
-    optimizer, schedule = make_optimizer(config.optim)
+    optimizer, schedule = optim.make_optimizer(config.optim)
     eval_fn = make_rm_eval(cfg)
 
     def evaluate(params) -> dict:

@@ -13,14 +13,13 @@ so gradient accumulation over micro-batches is exact.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
+from r1jax import optim
 from r1jax.models import transformer as tfm
 from r1jax.models.config import ModelConfig
 
@@ -102,23 +101,8 @@ def make_sft_step(
 
         zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, f32), params)
         (loss, grads), _ = jax.lax.scan(acc, (jnp.zeros((), f32), zeros), batch)
-        grad_norm = optax.global_norm(grads)
-        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-        updates, new_opt = optimizer.update(grads, state["opt_state"], params)
-        new_params = optax.apply_updates(params, updates)
-        keep = functools.partial(jax.tree.map, lambda a, b: jnp.where(finite, a, b))
-        new_state = {
-            "params": keep(new_params, params),
-            "opt_state": keep(new_opt, state["opt_state"]),
-            "step": state["step"] + finite.astype(jnp.int32),
-        }
-        metrics = {
-            "loss": loss,
-            "grad_norm": grad_norm,
-            "tokens": total,
-            "skipped": 1.0 - finite.astype(f32),
-        }
-        return new_state, metrics
+        new_state, m = optim.apply_if_finite(state, grads, loss, optimizer)
+        return new_state, {"loss": loss, "tokens": total, **m}
 
     return jax.jit(
         step,
@@ -166,7 +150,6 @@ def train_sft(config, workdir: str):
     import os
 
     from r1jax import checkpoint, runtime, supervised
-    from r1jax.rl.update import make_optimizer
     from r1jax.tokenizer import train_sentencepiece
 
     os.makedirs(workdir, exist_ok=True)
@@ -203,7 +186,7 @@ def train_sft(config, workdir: str):
             1, int(config.get("epochs", 1) * len(rows["tokens"]) / config.batch_rows)
         )
     config.optim.total_steps = config.steps
-    optimizer, schedule = make_optimizer(config.optim)
+    optimizer, schedule = optim.make_optimizer(config.optim)
     eval_fn = make_eval_loss(cfg, config.vocab_chunk)
 
     def evaluate(params):

@@ -26,9 +26,10 @@ from r1jax.checkpoint import save_model
 from r1jax.config_checks import check_resume, validate
 from r1jax.data import DataIterator, load_dataset, templates
 from r1jax.metrics import MetricsWriter, Timer, progress, truncate_metrics
+from r1jax.optim import make_optimizer
 from r1jax.rewards import RewardPool, RewardStack
 from r1jax.rl import experience, losses
-from r1jax.rl.update import make_optimizer, make_scorer, make_train_step
+from r1jax.rl.update import make_scorer, make_train_step
 from r1jax.train_state import Checkpointer, StopSignal
 
 log = logging.getLogger(__name__)

@@ -9,8 +9,9 @@ import pytest
 from r1jax import runtime
 from r1jax import sharding as shd
 from r1jax.models import get_preset, init_params
+from r1jax.optim import make_optimizer
 from r1jax.rl import losses
-from r1jax.rl.update import make_optimizer, make_train_step
+from r1jax.rl.update import make_train_step
 
 CFG = get_preset(
     "tiny",

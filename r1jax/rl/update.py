@@ -22,8 +22,8 @@ import functools
 
 import jax
 import jax.numpy as jnp
-import optax
 
+from r1jax import optim
 from r1jax.models import transformer as tfm
 from r1jax.models.config import ModelConfig
 from r1jax.rl import losses
@@ -148,18 +148,8 @@ def make_train_step(
         zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, f32), params)
         grads, metrics = jax.lax.scan(accumulate, zeros, batch)
         metrics = losses.finalize_metrics(metrics)
-        grad_norm = optax.global_norm(grads)
-        finite = jnp.isfinite(grad_norm) & jnp.isfinite(metrics["loss"])
-        updates, new_opt = optimizer.update(grads, state["opt_state"], params)
-        new_params = optax.apply_updates(params, updates)
-        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)  # noqa: E731
-        new_state = {
-            "params": keep(new_params, params),
-            "opt_state": keep(new_opt, state["opt_state"]),
-            "step": state["step"] + finite.astype(jnp.int32),
-        }
-        metrics.update(grad_norm=grad_norm, skipped=1.0 - finite.astype(f32))
-        return new_state, metrics
+        new_state, m = optim.apply_if_finite(state, grads, metrics["loss"], optimizer)
+        return new_state, {**metrics, **m}
 
     return jax.jit(
         step,
@@ -167,29 +157,3 @@ def make_train_step(
         out_shardings=(state_shardings, None),
         donate_argnums=(0,),
     )
-
-
-def make_optimizer(ocfg) -> tuple[optax.GradientTransformation, optax.Schedule]:
-    """AdamW with linear warmup, then a constant, cosine or linear schedule; global-norm clip."""
-    lr, warmup, total = float(ocfg.lr), int(ocfg.warmup_steps), int(ocfg.total_steps)
-    decay = max(total - warmup, 1)
-    end = lr * float(ocfg.get("min_lr_ratio", 0.0))
-    if ocfg.schedule == "constant":
-        after = optax.constant_schedule(lr)
-    elif ocfg.schedule == "cosine":
-        after = optax.cosine_decay_schedule(lr, decay, alpha=end / lr if lr else 0.0)
-    elif ocfg.schedule == "linear":
-        after = optax.linear_schedule(lr, end, decay)
-    else:
-        raise ValueError(f"config.optim.schedule={ocfg.schedule!r}: constant, cosine or linear")
-    sched = (
-        optax.join_schedules(
-            [optax.linear_schedule(lr / (warmup + 1), lr, warmup), after], [warmup]
-        )
-        if warmup
-        else after
-    )
-    tx = optax.adamw(sched, b1=ocfg.b1, b2=ocfg.b2, eps=ocfg.eps, weight_decay=ocfg.weight_decay)
-    if ocfg.grad_clip:
-        tx = optax.chain(optax.clip_by_global_norm(ocfg.grad_clip), tx)
-    return tx, sched
