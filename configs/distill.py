@@ -17,6 +17,7 @@ lr 1e-4 for Qwen2.5-Math-1.5B, batch 64); the optimizer defaults below follow th
 
 import ml_collections
 
+import configs
 from configs.r1zero import parse_arg
 
 
@@ -42,18 +43,7 @@ def logit_config(arg=None):
     c.micro_rows = 4
     c.steps = 1000
     c.vocab_chunk = 8192
-    c.optim = dict(
-        lr=1e-4,
-        warmup_steps=20,
-        schedule="cosine",
-        min_lr_ratio=0.1,
-        weight_decay=0.0,
-        b1=0.9,
-        b2=0.95,
-        eps=1e-8,
-        grad_clip=1.0,
-        total_steps=0,
-    )
+    c.optim = configs.optim(lr=1e-4, warmup_steps=20, schedule="cosine", min_lr_ratio=0.1)
     c.log_every = 10
     c.ckpt_every = 200
     return c

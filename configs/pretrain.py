@@ -12,6 +12,8 @@ Expected: eval/loss ~0.3 nats/token after 1500 steps (~15 min on 2 CPU cores).
 
 import ml_collections
 
+import configs
+
 
 def get_config(arg=None):
     c = ml_collections.ConfigDict()
@@ -45,17 +47,8 @@ def get_config(arg=None):
     c.micro_rows = 32
     c.steps = 1500
     c.vocab_chunk = 8192
-    c.optim = dict(
-        lr=2e-3,
-        warmup_steps=100,
-        schedule="cosine",
-        min_lr_ratio=0.05,
-        weight_decay=0.01,
-        b1=0.9,
-        b2=0.98,
-        eps=1e-8,
-        grad_clip=1.0,
-        total_steps=0,
+    c.optim = configs.optim(
+        lr=2e-3, warmup_steps=100, schedule="cosine", min_lr_ratio=0.05, weight_decay=0.01, b2=0.98
     )
     c.log_every = 50
     c.ckpt_every = 500

@@ -18,6 +18,8 @@ r1jax.data.load_dataset (gsm8k, math, countdown, jsonl:PATH, ...). Overrides:
 
 import ml_collections
 
+import configs
+
 EMBEDDED = "embedded"
 
 
@@ -98,18 +100,7 @@ def get_config(arg=None):
         vocab_chunk=8192,
         max_nonfinite_in_a_row=5,
     )
-    c.optim = dict(
-        lr=3e-6,
-        warmup_steps=0,
-        schedule="constant",
-        min_lr_ratio=0.0,
-        weight_decay=0.0,
-        b1=0.9,
-        b2=0.99,
-        eps=1e-8,
-        grad_clip=1.0,
-        total_steps=0,
-    )
+    c.optim = configs.optim(lr=3e-6, warmup_steps=0, b2=0.99)
     c.steps = 10_400
     c.log_every = 1
     c.ckpt_every = 50

@@ -14,6 +14,7 @@ R1 [V2 B.5]: 66,000 pairs, batch 256, lr 6e-6, 1 epoch, max length 8,192 (the de
 
 import ml_collections
 
+import configs
 from configs.r1zero import parse_arg
 
 
@@ -31,18 +32,7 @@ def get_config(arg=None):
     c.batch_pairs = 256
     c.micro_pairs = 8  # pairs per forward/backward (2x rows); gradients accumulate exactly
     c.steps = 258
-    c.optim = dict(
-        lr=6e-6,
-        warmup_steps=10,
-        schedule="constant",
-        min_lr_ratio=0.0,
-        weight_decay=0.0,
-        b1=0.9,
-        b2=0.95,
-        eps=1e-8,
-        grad_clip=1.0,
-        total_steps=0,
-    )
+    c.optim = configs.optim(lr=6e-6, warmup_steps=10)
     c.log_every = 10
     c.ckpt_every = 100
     return c

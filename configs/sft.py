@@ -10,6 +10,7 @@ Rows need `prompt` and `completion` (what r1jax/rejection.py writes). R1's SFT s
 
 import ml_collections
 
+import configs
 from configs.r1zero import parse_arg
 
 
@@ -35,18 +36,7 @@ def get_config(arg=None):
     c.steps = 0
     c.vocab_chunk = 8192
     lr = float(arg.lr)
-    c.optim = dict(
-        lr=lr,
-        warmup_steps=10,
-        schedule="cosine",
-        min_lr_ratio=0.1,
-        weight_decay=0.0,
-        b1=0.9,
-        b2=0.95,
-        eps=1e-8,
-        grad_clip=1.0,
-        total_steps=0,
-    )
+    c.optim = configs.optim(lr=lr, warmup_steps=10, schedule="cosine", min_lr_ratio=0.1)
     c.log_every = 10
     c.ckpt_every = 200
     return c
