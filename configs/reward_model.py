@@ -1,15 +1,21 @@
-"""Reward-model training on preference pairs (R1's helpful RM; Bradley-Terry loss).
+"""Reward-model training: R1's helpful RM (pairs, Bradley-Terry) or safety RM (pointwise).
 
   python launch/reward_model.py --workdir=/tmp/rm \\
     --config=configs/reward_model.py:model=/path/to/base,data=/path/to/pairs.jsonl
-`data` is a JSONL file of {"prompt", "chosen", "rejected"} rows; the model sees prompt + response
-exactly as written (format prompts the way the policy's prompts are, and give summaries only for
-a helpful RM that will score with scope="summary"). The result, WORKDIR/reward_model, plugs into
-GRPO as a reward (in-process: --config.reward_workers=0):
+  python launch/reward_model.py --workdir=/tmp/safety_rm \\
+    --config=configs/reward_model.py:objective=pointwise,model=/path/to/base,data=labels.jsonl
+`data` is a JSONL file of {"prompt", "chosen", "rejected"} rows (pairwise) or {"prompt",
+"response", "label"} rows, label 1 = safe / good, 0 = not (pointwise). The model sees prompt +
+response exactly as written (format prompts the way the policy's prompts are, and give summaries
+only for a helpful RM that will score with scope="summary"). The result, WORKDIR/reward_model,
+plugs into GRPO as a reward (in-process: --config.reward_workers=0):
   c.rewards.helpful = dict(name="reward_model", weight=1.0,
                            kwargs=dict(checkpoint="/tmp/rm/reward_model", scope="summary"))
-R1 [V2 B.5]: 66,000 pairs, batch 256, lr 6e-6, 1 epoch, max length 8,192 (the defaults below;
-`steps` is then 66,000 / 256 = 258). R1's safety RM is trained pointwise, which this is not.
+  c.rewards.safety = dict(name="reward_model", weight=1.0,
+                          kwargs=dict(checkpoint="/tmp/safety_rm/reward_model", scope="full"))
+R1 [V2 B.5]: helpful 66,000 pairs, batch 256, lr 6e-6, 1 epoch, max length 8,192 (the defaults
+below; `steps` is then 66,000 / 256 = 258); safety 106,000 prompts, pointwise, same settings
+(steps 414).
 """
 
 import ml_collections
@@ -19,9 +25,10 @@ from configs.r1zero import parse_arg
 
 
 def get_config(arg=None):
-    arg = parse_arg(arg, model="embedded", data="pairs.jsonl")
+    arg = parse_arg(arg, model="embedded", data="pairs.jsonl", objective="pairwise")
     c = ml_collections.ConfigDict()
     c.seed = 0
+    c.objective = arg.objective  # pairwise (Bradley-Terry on pairs) | pointwise (labelled)
     c.mesh = [("fsdp", -1)]
     # A model directory (r1jax or HF; a reward-model directory continues its head), "embedded",
     # or "" for random weights of `preset`.
@@ -29,8 +36,8 @@ def get_config(arg=None):
     c.tokenizer = dict(path="")  # "" = the model directory's own tokenizer
     c.data = dict(source="jsonl:" + arg.data, eval_fraction=0.02)
     c.max_len = 8192  # tokens per prompt + response; longer ones keep their end
-    c.batch_pairs = 256
-    c.micro_pairs = 8  # pairs per forward/backward (2x rows); gradients accumulate exactly
+    c.batch_pairs = 256  # pairs (pointwise: labelled responses) per optimizer step
+    c.micro_pairs = 8  # per forward/backward (a pair is 2 rows); gradients accumulate exactly
     c.steps = 258
     c.optim = configs.optim(lr=6e-6, warmup_steps=10)
     c.log_every = 10

@@ -5,8 +5,12 @@
 r(x) = w . h_last + b, where h_last [D] is the final-norm hidden state at the last real token of
 `prompt + response + EOS` (the EOS gives every sequence the same reading position) and the head
 is a [D] vector plus a scalar bias, declared like the model's parameters (`head_specs`).
-Trained on preference pairs (JSONL rows {prompt, chosen, rejected}) with the Bradley-Terry loss
--log sigmoid(r_chosen - r_rejected), averaged over the pairs of the whole minibatch (exact under
+Two objectives (config.objective; data schemas in r1jax.data.preferences):
+  pairwise   preference pairs {prompt, chosen, rejected}, the Bradley-Terry loss
+             -log sigmoid(r_chosen - r_rejected) (R1's helpful RM);
+  pointwise  labelled responses {prompt, response, label}, the logistic loss
+             -log sigmoid(r) for label 1, -log sigmoid(-r) for label 0 (R1's safety RM).
+Losses are averaged over the pairs / responses of the whole minibatch (exact under
 micro-batching). Sequences longer than `max_len` keep their last `max_len` tokens (the response).
 
 A reward-model directory is an r1jax model directory (loadable by checkpoint.load_model as the
@@ -34,6 +38,7 @@ import numpy as np
 
 from r1jax import checkpoint, optim, sampling
 from r1jax import sharding as shd
+from r1jax.data.preferences import check_objective, encode_rows, encode_text, load_rows, pad_right
 from r1jax.models import transformer as tfm
 from r1jax.models.config import ModelConfig
 from r1jax.rewards.format import THINK_CLOSE, THINK_OPEN, with_prompt_prefix
@@ -86,33 +91,44 @@ def bradley_terry_loss(r_chosen, r_rejected, weight=None):
     return (weight * nll).sum() / jnp.maximum(weight.sum(), 1e-9)
 
 
-def _pair_terms(params, mb, cfg):
-    """(per-pair BT loss, r_chosen, r_rejected) for one micro-batch; one forward for both."""
-    toks = jnp.concatenate([mb["chosen_tokens"], mb["rejected_tokens"]])
-    mask = jnp.concatenate([mb["chosen_mask"], mb["rejected_mask"]])
-    rc, rr = jnp.split(scores(params, toks, mask, cfg), 2)
-    return jax.nn.softplus(rr - rc), rc, rr
+def pointwise_loss(r, label, weight=None):
+    """Mean of -log sigmoid(r) (label 1) or -log sigmoid(-r) (label 0); weighted like BT."""
+    nll = label * jax.nn.softplus(-r) + (1 - label) * jax.nn.softplus(r)
+    if weight is None:
+        return nll.mean()
+    return (weight * nll).sum() / jnp.maximum(weight.sum(), 1e-9)
 
 
-def _pair_metrics(nll, rc, rr, valid):
-    return {
-        "loss": (nll * valid).sum(),
-        "accuracy": ((rc > rr) * valid).sum(),
-        "margin": ((rc - rr) * valid).sum(),
-    }
+def _terms(params, mb, cfg, objective: str):
+    """(per-example loss [n], metric sums) for one micro-batch; a pair's two sequences share one
+    forward pass. accuracy: the pair ranked right / the label's side of 0; margin: r_c - r_r /
+    r signed by the label."""
+    if objective == "pairwise":
+        toks = jnp.concatenate([mb["chosen_tokens"], mb["rejected_tokens"]])
+        mask = jnp.concatenate([mb["chosen_mask"], mb["rejected_mask"]])
+        rc, rr = jnp.split(scores(params, toks, mask, cfg), 2)
+        nll, right, margin = jax.nn.softplus(rr - rc), rc > rr, rc - rr
+    else:
+        r, y = scores(params, mb["tokens"], mb["mask"], cfg), mb["label"]
+        nll = y * jax.nn.softplus(-r) + (1 - y) * jax.nn.softplus(r)
+        right, margin = (r > 0) == (y > 0.5), r * (2 * y - 1)
+    v = mb["valid"]
+    sums = {"loss": (nll * v).sum(), "accuracy": (right * v).sum(), "margin": (margin * v).sum()}
+    return nll, sums
 
 
-def make_rm_step(cfg: ModelConfig, optimizer, *, state_shardings, batch_shardings):
+def make_rm_step(
+    cfg: ModelConfig, optimizer, *, state_shardings, batch_shardings, objective="pairwise"
+):
     """Jitted fn(state, batch [n_micro, micro, ...]) -> (state, metrics); state is donated.
 
-    batch: chosen_tokens / chosen_mask / rejected_tokens / rejected_mask [.., S] and `valid`
-    [..] (0 for padding pairs). The loss is the mean over the valid pairs of the whole batch.
+    batch: the arrays of r1jax.data.preferences.encode_rows and `valid` [..] (0 for padding
+    examples). The loss is the mean over the valid examples of the whole batch.
     """
 
     def micro_loss(params, mb, total):
-        nll, rc, rr = _pair_terms(params, mb, cfg)
-        m = jax.tree.map(jax.lax.stop_gradient, _pair_metrics(nll, rc, rr, mb["valid"]))
-        return (nll * mb["valid"]).sum() / total, m
+        nll, m = _terms(params, mb, cfg, objective)
+        return (nll * mb["valid"]).sum() / total, jax.tree.map(jax.lax.stop_gradient, m)
 
     grad_fn = jax.value_and_grad(micro_loss, has_aux=True)
 
@@ -139,66 +155,17 @@ def make_rm_step(cfg: ModelConfig, optimizer, *, state_shardings, batch_sharding
     )
 
 
-def make_rm_eval(cfg: ModelConfig):
+def make_rm_eval(cfg: ModelConfig, objective: str = "pairwise"):
     """Jitted fn(params, batch [n_micro, micro, ...]) -> sums {loss, accuracy, margin}."""
 
     def f(params, batch):
         def one(carry, mb):
-            m = _pair_metrics(*_pair_terms(params, mb, cfg), mb["valid"])
-            return jax.tree.map(jnp.add, carry, m), None
+            return jax.tree.map(jnp.add, carry, _terms(params, mb, cfg, objective)[1]), None
 
         m0 = {k: jnp.zeros((), f32) for k in ("loss", "accuracy", "margin")}
         return jax.lax.scan(one, m0, batch)[0]
 
     return jax.jit(f)
-
-
-# ------------------------------------------------------------------------------ text -> rows
-
-
-def encode_text(tokenizer, prompt: str, response: str, max_len: int) -> tuple[list[int], bool]:
-    """Token ids of prompt (with BOS) + response + EOS, keeping the last max_len; (ids, cut)."""
-    ids = tokenizer.encode(prompt, add_bos=True) + tokenizer.encode(response) + [tokenizer.eos_id]
-    return ids[-max_len:], len(ids) > max_len
-
-
-def pad_right(rows: list[list[int]], pad_id: int, length: int) -> tuple[np.ndarray, np.ndarray]:
-    tokens = np.full((len(rows), length), pad_id, np.int32)
-    mask = np.zeros((len(rows), length), np.int32)
-    for i, r in enumerate(rows):
-        tokens[i, : len(r)], mask[i, : len(r)] = r, 1
-    return tokens, mask
-
-
-def load_pairs(source: str) -> list[dict]:
-    """Preference pairs from "jsonl:PATH" (or a path): rows with string prompt/chosen/rejected."""
-    from r1jax.data.sources import DataError, _jsonl_rows
-
-    path = source[len("jsonl:") :] if source.startswith("jsonl:") else source
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"config.data.source={source!r}: no such file")
-    out = []
-    for where, row in _jsonl_rows(path):
-        for k in ("prompt", "chosen", "rejected"):
-            if not isinstance(row, dict) or not isinstance(row.get(k), str):
-                raise DataError(f"{where}: field {k!r}: missing or not a string (pairs schema)")
-        out.append(row)
-    if not out:
-        raise DataError(f"{path}: no preference pairs")
-    return out
-
-
-def encode_pairs(pairs: list[dict], tokenizer, max_len: int) -> tuple[dict, int]:
-    """Right-padded [P, max_len] arrays for chosen and rejected, `valid` [P]; and #truncated."""
-    out, cut = {}, 0
-    for side in ("chosen", "rejected"):
-        enc = [encode_text(tokenizer, p["prompt"], p[side], max_len) for p in pairs]
-        cut += sum(c for _, c in enc)
-        out[f"{side}_tokens"], out[f"{side}_mask"] = pad_right(
-            [ids for ids, _ in enc], tokenizer.pad_id, max_len
-        )
-    out["valid"] = np.ones(len(pairs), np.float32)
-    return out, cut
 
 
 # --------------------------------------------------------------------------------- on disk
@@ -320,13 +287,16 @@ class RewardModelReward:
 
 
 def train_reward_model(config, workdir: str):
-    """Trains on preference pairs; writes WORKDIR/reward_model (see save_reward_model).
+    """Trains on pairs or labelled responses (config.objective, default "pairwise"); writes
+    WORKDIR/reward_model (see save_reward_model).
 
     config.model.init: a reward-model directory (continues it), or a model directory /
     "embedded" / "" (random, config.model.preset) that gets a fresh head.
     """
     from r1jax import runtime, supervised
 
+    objective = check_objective(config.get("objective", "pairwise"))
+    examples = load_rows(config.data.source, objective)
     os.makedirs(workdir, exist_ok=True)
     mesh = runtime.make_mesh(config)
     init = runtime.resolve_model_path(config.model.get("init", ""))
@@ -340,14 +310,14 @@ def train_reward_model(config, workdir: str):
         params = {"model": model, "head": init_head(cfg, key, mesh)}
     tok_dir = config.tokenizer.get("path") or tok_dir
     tok = runtime.load_tok(tok_dir)
-    pairs = load_pairs(config.data.source)
-    n_eval = int(len(pairs) * config.data.eval_fraction)
-    rows, cut = encode_pairs(pairs[n_eval:], tok, config.max_len)
+    n_eval = int(len(examples) * config.data.eval_fraction)
+    rows, cut = encode_rows(examples[n_eval:], tok, config.max_len, objective)
     micro = config.get("micro_pairs", config.batch_pairs)
-    eval_rows = supervised.pad_rows(encode_pairs(pairs[:n_eval], tok, config.max_len)[0], micro)
+    eval_rows = encode_rows(examples[:n_eval], tok, config.max_len, objective)[0]
+    eval_rows = supervised.pad_rows(eval_rows, micro)
     config.optim.total_steps = config.steps
     optimizer, schedule = optim.make_optimizer(config.optim)
-    eval_fn = make_rm_eval(cfg)
+    eval_fn = make_rm_eval(cfg, objective)
 
     def evaluate(params) -> dict:
         if not n_eval:
@@ -357,7 +327,11 @@ def train_reward_model(config, workdir: str):
 
     def make_step(state_shardings, batch_shardings):
         return make_rm_step(
-            cfg, optimizer, state_shardings=state_shardings, batch_shardings=batch_shardings
+            cfg,
+            optimizer,
+            state_shardings=state_shardings,
+            batch_shardings=batch_shardings,
+            objective=objective,
         )
 
     state = runtime.init_state(params, optimizer, mesh)

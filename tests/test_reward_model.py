@@ -1,4 +1,5 @@
-"""Reward model: Bradley-Terry loss, score read-out, the GRPO reward, a short training run."""
+"""Reward model: Bradley-Terry and pointwise losses, score read-out, the GRPO reward, short
+training runs of both objectives, bad data."""
 
 import json
 import os
@@ -13,6 +14,7 @@ from rl_utils import make_model_dir
 from r1jax import checkpoint
 from r1jax import reward_model as rm
 from r1jax import sharding as shd
+from r1jax.data.sources import DataError
 from r1jax.metrics import read_metrics
 from r1jax.models import transformer as tfm
 from r1jax.rewards import RewardStack, get_reward_fn
@@ -57,6 +59,18 @@ def test_bradley_terry_loss_and_gradient():
     np.testing.assert_allclose(gr, w * sig / w.sum(), rtol=1e-6, atol=1e-7)
     np.testing.assert_allclose(rm.bradley_terry_loss(rc, rr), nll.mean(), rtol=1e-6)
     assert float(rm.bradley_terry_loss(jnp.zeros(3), jnp.zeros(3))) == pytest.approx(np.log(2))
+
+
+def test_pointwise_loss_and_gradient():
+    r = np.array([1.5, -0.5, 0.2, -2.0, 0.7])
+    y = np.array([1.0, 1.0, 0.0, 0.0, 1.0])
+    w = np.array([1.0, 0.5, 1.0, 1.0, 0.0])
+    p = 1 / (1 + np.exp(-r))
+    nll = -(y * np.log(p) + (1 - y) * np.log(1 - p))  # binary cross-entropy on sigmoid(r)
+    loss, g = jax.value_and_grad(rm.pointwise_loss)(jnp.asarray(r), jnp.asarray(y), jnp.asarray(w))
+    np.testing.assert_allclose(loss, (w * nll).sum() / w.sum(), rtol=1e-6)
+    np.testing.assert_allclose(g, w * (p - y) / w.sum(), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(rm.pointwise_loss(r, y), nll.mean(), rtol=1e-6)
 
 
 def test_score_is_head_dot_last_hidden_state(base):
@@ -142,16 +156,24 @@ def _pairs(n, seed):
     return out
 
 
-def test_training_on_separable_pairs_raises_accuracy(base, tmp_path):
-    data = tmp_path / "pairs.jsonl"
-    data.write_text("".join(json.dumps(p) + "\n" for p in _pairs(80, 0)))
-    c = ml_collections.ConfigDict(
+def _labelled(n, seed):
+    """The pairs' two sides as labelled responses: with 7s (label 1) or without (0)."""
+    return [
+        {"prompt": p["prompt"], "response": p[side], "label": int(side == "chosen")}
+        for p in _pairs(n, seed)
+        for side in ("chosen", "rejected")
+    ]
+
+
+def _rm_config(base, data, objective="pairwise", eval_fraction=0.25):
+    return ml_collections.ConfigDict(
         dict(
             seed=0,
+            objective=objective,
             mesh=[("fsdp", 1)],
             model=dict(init=base, preset="tiny", overrides=dict(remat=False)),
             tokenizer=dict(path=""),
-            data=dict(source=f"jsonl:{data}", eval_fraction=0.25),
+            data=dict(source=f"jsonl:{data}", eval_fraction=eval_fraction),
             max_len=32,
             batch_pairs=16,
             micro_pairs=8,
@@ -171,7 +193,12 @@ def test_training_on_separable_pairs_raises_accuracy(base, tmp_path):
             ckpt_every=100,
         )
     )
-    state, cfg = rm.train_reward_model(c, str(tmp_path / "run"))
+
+
+def test_training_on_separable_pairs_raises_accuracy(base, tmp_path):
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps(p) + "\n" for p in _pairs(80, 0)))
+    state, cfg = rm.train_reward_model(_rm_config(base, data), str(tmp_path / "run"))
     m = read_metrics(str(tmp_path / "run"))
     assert [r["step"] for r in m] == [0, 20]
     assert m[0]["eval/accuracy"] < 0.75 and m[-1]["eval/accuracy"] >= 0.95
@@ -186,3 +213,39 @@ def test_training_on_separable_pairs_raises_accuracy(base, tmp_path):
     ids, _ = rm.encode_text(tok, pair["prompt"], pair["chosen"], 32)
     live = _scores(state["params"], *rm.pad_right([ids], tok.pad_id, len(ids)), cfg=cfg)
     assert rc == pytest.approx(float(live[0]), abs=1e-5)
+
+
+def test_pointwise_training_separates_the_labels(base, tmp_path):
+    data = tmp_path / "labels.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in _labelled(40, 0)))
+    rm.train_reward_model(_rm_config(base, data, "pointwise"), str(tmp_path / "run"))
+    m = read_metrics(str(tmp_path / "run"))
+    assert m[0]["eval/accuracy"] < 0.75 and m[-1]["eval/accuracy"] >= 0.95
+    assert m[-1]["eval/loss"] < 0.5 * m[0]["eval/loss"]
+    # Absolute scores: held-out good responses above 0, bad ones below (not only ranked).
+    fn = rm.RewardModelReward(checkpoint=str(tmp_path / "run" / "reward_model"), scope="full")
+    rows = _labelled(4, 99)
+    r = np.asarray(fn([x["prompt"] for x in rows], [x["response"] for x in rows]))
+    labels = np.asarray([x["label"] for x in rows])
+    assert np.all((r > 0) == (labels == 1)), (r, labels)
+
+
+@pytest.mark.parametrize(
+    "row, objective, message",
+    [
+        ({"prompt": "q", "response": "a"}, "pointwise", "line 2: field 'label'"),
+        ({"prompt": "q", "response": "a", "label": 2}, "pointwise", "line 2: field 'label'"),
+        ({"prompt": "q", "label": 1}, "pointwise", "line 2: field 'response'"),
+        ({"prompt": "q", "chosen": "a"}, "pairwise", "line 2: field 'rejected'"),
+    ],
+)
+def test_bad_rows_fail_before_anything_is_written(base, tmp_path, row, objective, message):
+    good = _labelled(1, 0)[0] if objective == "pointwise" else _pairs(1, 0)[0]
+    data = tmp_path / "d.jsonl"
+    data.write_text(json.dumps(good) + "\n" + json.dumps(row) + "\n")
+    workdir = tmp_path / "run"
+    with pytest.raises(DataError, match=f"d.jsonl, {message}"):
+        rm.train_reward_model(_rm_config(base, data, objective), str(workdir))
+    assert not workdir.exists()
+    with pytest.raises(ValueError, match="config.objective='ranking'"):
+        rm.train_reward_model(_rm_config(base, data, "ranking"), str(workdir))
