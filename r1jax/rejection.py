@@ -24,7 +24,10 @@ filters CoTs with mixed languages, long paragraphs and code blocks; repetition i
 filter [V2 B.3.2]. Output: `rejection.jsonl` in the "sft" schema (prompt, completion, id, and the
 source example's fields; `sft.load_examples` reads it as `jsonl:PATH`), `rejection.stats.json`
 (sampled, kept, dropped per reason) and, with `save_dropped`, `rejection.dropped.jsonl`. Files
-are written to a temporary name and renamed, so a reader never sees half a file.
+are written to a temporary name and renamed, so a reader never sees half a file. Finished
+batches go to `rejection.progress.jsonl` as they complete: a rerun of an interrupted run with the
+same config picks up after the last of them (same output as an uninterrupted run); a changed
+config is refused, naming the fields.
 """
 
 from __future__ import annotations
@@ -34,14 +37,11 @@ import dataclasses
 import json
 import logging
 import os
-import re
-import unicodedata
 
 import jax
 import numpy as np
 
-from r1jax.rewards.format import reasoning_text
-from r1jax.rewards.language import _WORD_RE, language_share
+from r1jax.text_filters import Filters, is_empty, normalize
 
 log = logging.getLogger(__name__)
 
@@ -57,114 +57,6 @@ REASONS = (
     "duplicate",
     "over_quota",
 )
-_PARAGRAPH_RE = re.compile(r"\n\s*\n")
-
-
-# ----------------------------------------------------------------------------- text filters
-
-
-def is_empty(completion: str) -> bool:
-    """Nothing but whitespace."""
-    return not completion.strip()
-
-
-def mixed_language(reasoning: str, *, language: str = "en", min_share: float = 0.95) -> bool:
-    """True when the share of `language` words in `reasoning` is below `min_share`.
-
-    Text without any words (e.g. pure arithmetic) is not mixed. min_share=0 disables the check.
-    """
-    if min_share <= 0 or _WORD_RE.search(reasoning) is None:
-        return False
-    return language_share(reasoning, language) < min_share
-
-
-def longest_paragraph(text: str) -> tuple[int, int]:
-    """(characters, words) of the longest paragraph; paragraphs are separated by blank lines."""
-    paras = [p.strip() for p in _PARAGRAPH_RE.split(text)]
-    return max(len(p) for p in paras), max(len(p.split()) for p in paras)
-
-
-def long_paragraph(text: str, *, max_chars: int = 0, max_words: int = 0) -> bool:
-    """True when some paragraph has more than `max_chars` characters or `max_words` words."""
-    chars, words = longest_paragraph(text)
-    return bool((max_chars and chars > max_chars) or (max_words and words > max_words))
-
-
-def repeated_ngram_fraction(text: str, n: int) -> float:
-    """Fraction of the word n-grams of `text` that repeat an earlier one (0.0 if none exist).
-
-    "a b a b a b" with n=2: n-grams ab ba ab ba ab, 3 of 5 seen before -> 0.6.
-    """
-    words = text.split()
-    grams = [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
-    return 1.0 - len(set(grams)) / len(grams) if grams else 0.0
-
-
-def max_line_repeats(text: str, min_chars: int = 1) -> int:
-    """How often the most frequent line (stripped, >= min_chars characters) occurs; 0 if none."""
-    lines = [s for s in (line.strip() for line in text.splitlines()) if len(s) >= min_chars]
-    return max(collections.Counter(lines).values()) if lines else 0
-
-
-def repetitive(
-    text: str,
-    *,
-    ngram: int = 8,
-    max_ngram_frac: float = 0.0,
-    max_repeats: int = 0,
-    min_line_chars: int = 8,
-) -> bool:
-    """True when the repeated `ngram` fraction exceeds `max_ngram_frac` or a line of at least
-    `min_line_chars` characters occurs more than `max_repeats` times (0 disables each)."""
-    if max_ngram_frac and repeated_ngram_fraction(text, ngram) > max_ngram_frac:
-        return True
-    return bool(max_repeats and max_line_repeats(text, min_line_chars) > max_repeats)
-
-
-def has_code_block(text: str) -> bool:
-    return "```" in text
-
-
-def normalize(text: str) -> str:
-    """Dedup key: NFKC, whitespace runs collapsed to one space, ends stripped."""
-    return " ".join(unicodedata.normalize("NFKC", text).split())
-
-
-@dataclasses.dataclass(frozen=True)
-class Filters:
-    """Thresholds of the readability filters; 0 / False disables one (see module docstring)."""
-
-    drop_truncated: bool = True
-    language: str = "en"
-    min_language_share: float = 0.95
-    max_paragraph_chars: int = 0
-    max_paragraph_words: int = 0
-    ngram: int = 8
-    max_repeated_ngram_frac: float = 0.0
-    max_line_repeats: int = 0
-    min_line_chars: int = 8
-    drop_code_blocks: bool = False
-
-    def text_reason(self, prompt: str, completion: str) -> str | None:
-        """The first readability filter the completion fails, or None."""
-        reasoning = reasoning_text(prompt, completion)
-        if mixed_language(reasoning, language=self.language, min_share=self.min_language_share):
-            return "mixed_language"
-        if long_paragraph(
-            completion, max_chars=self.max_paragraph_chars, max_words=self.max_paragraph_words
-        ):
-            return "long_paragraph"
-        if repetitive(
-            completion,
-            ngram=self.ngram,
-            max_ngram_frac=self.max_repeated_ngram_frac,
-            max_repeats=self.max_line_repeats,
-            min_line_chars=self.min_line_chars,
-        ):
-            return "repetition"
-        if self.drop_code_blocks and has_code_block(reasoning):
-            return "code_block"
-        return None
 
 
 class Selector:
@@ -210,6 +102,15 @@ class Selector:
             self.counts[why] += 1
         return why
 
+    def replay(self, kept_rows: list[dict], over_quota: list[list[str]], counts: dict) -> None:
+        """Restores the state that one journaled batch left (see rejection_sample)."""
+        for r in kept_rows:
+            self.seen[r["prompt"]].add(normalize(r["completion"]))
+            self.kept[r["prompt"]] += 1
+        for prompt, key in over_quota:
+            self.seen[prompt].add(key)
+        self.counts.update(counts)
+
 
 # ----------------------------------------------------------------------------------- I/O
 
@@ -240,7 +141,31 @@ def write_json_atomic(path: str, obj) -> None:
 def output_paths(config, workdir: str) -> dict[str, str]:
     out = config.get("output") or os.path.join(workdir, "rejection.jsonl")
     stem = out[: -len(".jsonl")] if out.endswith(".jsonl") else out
-    return {"data": out, "stats": stem + ".stats.json", "dropped": stem + ".dropped.jsonl"}
+    return {
+        "data": out,
+        "stats": stem + ".stats.json",
+        "dropped": stem + ".dropped.jsonl",
+        "journal": stem + ".progress.jsonl",
+    }
+
+
+def read_journal(path: str, config_json: dict) -> list[dict]:
+    """The batches an interrupted run finished, after its config (line 1) is checked against
+    this one's. A torn last line is dropped: that batch is redone."""
+    from r1jax.config_checks import check_resume
+
+    records = []
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                try:
+                    records.append(json.loads(line))
+                except json.JSONDecodeError:
+                    break
+    if not records:
+        return []
+    check_resume(records[0]["config"], config_json)
+    return records[1:]
 
 
 def make_row(example: dict, prompt: str, completion: str, sample: int, reward: float) -> dict:
@@ -267,14 +192,18 @@ def filters_from(fc) -> Filters:
     return Filters(**dict(fc))
 
 
-def sample_batches(params, cfg, tok, examples, template, s, *, k, prompts_per_batch, max_len, key):
+def sample_batches(
+    params, cfg, tok, examples, template, s, *, k, prompts_per_batch, max_len, key, first=0
+):
     """Yields (examples, prompt texts, generate output as NumPy, completion texts) per batch of
-    prompts. The last batch is padded with copies of its last example (one compilation); the
-    copies are dropped from what is yielded."""
+    prompts, from batch `first` on (batch b always samples with key fold_in(key, b)). The last
+    batch is padded with copies of its last example (one compilation); the copies are dropped
+    from what is yielded."""
     from r1jax import sampling
     from r1jax.rl import experience
 
-    for b, start in enumerate(range(0, len(examples), prompts_per_batch)):
+    starts = range(first * prompts_per_batch, len(examples), prompts_per_batch)
+    for b, start in enumerate(starts, start=first):
         chunk = list(examples[start : start + prompts_per_batch])
         real = len(chunk)
         chunk += [chunk[-1]] * (prompts_per_batch - real)
@@ -296,6 +225,8 @@ def rejection_sample(config, workdir: str) -> dict:
 
     os.makedirs(workdir, exist_ok=True)
     paths = output_paths(config, workdir)
+    config_json = json.loads(config.to_json_best_effort())
+    done = read_journal(paths["journal"], config_json)
     filters = filters_from(config.filters)
     selector = Selector(filters, config.max_per_prompt)
     save_dropped = bool(config.get("save_dropped", False))
@@ -323,12 +254,22 @@ def rejection_sample(config, workdir: str) -> dict:
         prompts_per_batch=sc.prompts_per_batch,
         max_len=sc.max_prompt_len,
         key=jax.random.key(config.seed),
+        first=len(done),
     )
     kept_rows, dropped_rows = [], []
     sampled = correct_total = 0
-    bar = progress(-(-n // sc.prompts_per_batch), 0, "rejection")
+    for rec in done:
+        kept_rows += rec["kept"]
+        dropped_rows += rec["dropped"]
+        sampled, correct_total = sampled + rec["sampled"], correct_total + rec["correct"]
+        selector.replay(rec["kept"], rec["over_quota"], rec["counts"])
+    write_jsonl_atomic(paths["journal"], [{"config": config_json}, *done])  # drops a torn line
+    journal = open(paths["journal"], "a", encoding="utf-8")  # noqa: SIM115 (closed in finally)
+    bar = progress(-(-n // sc.prompts_per_batch), len(done), "rejection")
     try:
         for exs, texts, out, comps in batches:
+            rec = {"kept": [], "dropped": [], "over_quota": [], "sampled": len(comps)}
+            counts_before = collections.Counter(selector.counts)
             prompts = [t for t in texts for _ in range(k)]
             early = [selector.early_reason(c, bool(t)) for c, t in zip(comps, out["truncated"])]
             todo = [i for i, e in enumerate(early) if e is None]
@@ -344,17 +285,26 @@ def rejection_sample(config, workdir: str) -> dict:
                 judged = np.isfinite(res.per_fn[stack.correctness])
                 correct[todo] = np.where(judged, res.correct, np.nan)
                 total[todo] = res.total
-                correct_total += int(res.correct.sum())
+                rec["correct"] = int(res.correct.sum())
             for i, comp in enumerate(comps):
                 why = selector.reason(prompts[i], comp, early[i], correct[i])
                 row = make_row(exs[i // k], prompts[i], comp, i % k, float(total[i]))
                 if why is None:
-                    kept_rows.append(row)
+                    rec["kept"].append(row)
                 elif save_dropped:
-                    dropped_rows.append({**row, "reason": why})
-            sampled += len(comps)
+                    rec["dropped"].append({**row, "reason": why})
+                if why == "over_quota":
+                    rec["over_quota"].append([prompts[i], normalize(comp)])
+            rec["counts"] = dict(selector.counts - counts_before)
+            rec.setdefault("correct", 0)
+            journal.write(json.dumps(rec, ensure_ascii=False, default=_jsonable) + "\n")
+            journal.flush()
+            kept_rows += rec["kept"]
+            dropped_rows += rec["dropped"]
+            sampled, correct_total = sampled + rec["sampled"], correct_total + rec["correct"]
             bar.update(1)
     finally:
+        journal.close()
         bar.close()
         stack.pool.close()
     stats = {
@@ -374,5 +324,6 @@ def rejection_sample(config, workdir: str) -> dict:
     if save_dropped:
         write_jsonl_atomic(paths["dropped"], dropped_rows)
     write_json_atomic(paths["stats"], stats)
+    os.remove(paths["journal"])
     log.warning("rejection sampling: kept %d of %d -> %s", len(kept_rows), sampled, paths["data"])
     return stats

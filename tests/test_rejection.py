@@ -12,6 +12,7 @@ from rl_utils import make_model_dir
 from configs import rejection as rejection_config
 from r1jax import rejection as rs
 from r1jax import sft
+from r1jax import text_filters as tf
 from r1jax.data import load_dataset
 
 
@@ -22,41 +23,41 @@ def reward_chars_mod3(prompts, completions, **fields):
 
 
 def test_empty():
-    assert rs.is_empty(" \n\t ") and rs.is_empty("")
-    assert not rs.is_empty(" a ")
+    assert tf.is_empty(" \n\t ") and tf.is_empty("")
+    assert not tf.is_empty(" a ")
 
 
 def test_mixed_language():
     # Words: This, is, 一, test -> 3 of 4 English.
-    assert rs.mixed_language("This is 一 test", min_share=0.95)
-    assert not rs.mixed_language("This is 一 test", min_share=0.75)
-    assert rs.mixed_language("全是中文", min_share=0.5)
-    assert not rs.mixed_language("17 + 8 = 25. 25 + 25 = 50.", min_share=0.95)  # no words
-    assert not rs.mixed_language("全是中文", min_share=0.0)  # disabled
-    assert rs.mixed_language("This is 一 test", language="zh", min_share=0.5)  # 1/4 Chinese
+    assert tf.mixed_language("This is 一 test", min_share=0.95)
+    assert not tf.mixed_language("This is 一 test", min_share=0.75)
+    assert tf.mixed_language("全是中文", min_share=0.5)
+    assert not tf.mixed_language("17 + 8 = 25. 25 + 25 = 50.", min_share=0.95)  # no words
+    assert not tf.mixed_language("全是中文", min_share=0.0)  # disabled
+    assert tf.mixed_language("This is 一 test", language="zh", min_share=0.5)  # 1/4 Chinese
 
 
 def test_long_paragraph():
     text = "ab cd\n\nefg hij klm\n \nx"
-    assert rs.longest_paragraph(text) == (11, 3)
-    assert rs.long_paragraph(text, max_chars=10)
-    assert not rs.long_paragraph(text, max_chars=11)
-    assert rs.long_paragraph(text, max_words=2)
-    assert not rs.long_paragraph(text, max_words=3)
-    assert not rs.long_paragraph(text)  # both thresholds 0: off
+    assert tf.longest_paragraph(text) == (11, 3)
+    assert tf.long_paragraph(text, max_chars=10)
+    assert not tf.long_paragraph(text, max_chars=11)
+    assert tf.long_paragraph(text, max_words=2)
+    assert not tf.long_paragraph(text, max_words=3)
+    assert not tf.long_paragraph(text)  # both thresholds 0: off
 
 
 def test_repetition():
-    assert rs.repeated_ngram_fraction("a b a b a b", 2) == pytest.approx(0.6)  # ab ba AB BA AB
-    assert rs.repeated_ngram_fraction("a b a b a b", 3) == pytest.approx(0.5)  # aba bab ABA BAB
-    assert rs.repeated_ngram_fraction("a b c", 4) == 0.0
+    assert tf.repeated_ngram_fraction("a b a b a b", 2) == pytest.approx(0.6)  # ab ba AB BA AB
+    assert tf.repeated_ngram_fraction("a b a b a b", 3) == pytest.approx(0.5)  # aba bab ABA BAB
+    assert tf.repeated_ngram_fraction("a b c", 4) == 0.0
     text = "wait, let me check\nok\nwait, let me check\n  wait, let me check  \nok"
-    assert rs.max_line_repeats(text, min_chars=8) == 3
-    assert rs.max_line_repeats("ok\nok", min_chars=8) == 0
-    assert rs.repetitive(text, max_repeats=2)
-    assert not rs.repetitive(text, max_repeats=3)
-    assert rs.repetitive("a b a b a b", ngram=2, max_ngram_frac=0.5)
-    assert not rs.repetitive("a b a b a b", ngram=2, max_ngram_frac=0.6)
+    assert tf.max_line_repeats(text, min_chars=8) == 3
+    assert tf.max_line_repeats("ok\nok", min_chars=8) == 0
+    assert tf.repetitive(text, max_repeats=2)
+    assert not tf.repetitive(text, max_repeats=3)
+    assert tf.repetitive("a b a b a b", ngram=2, max_ngram_frac=0.5)
+    assert not tf.repetitive("a b a b a b", ngram=2, max_ngram_frac=0.6)
 
 
 def test_filters_read_the_right_text():
@@ -87,6 +88,15 @@ def test_selector_order_dedupe_and_quota():
         ("p", "c d", False, 1.0),  # duplicates are found before the quota
     ]
     got = [sel.reason(p, c, sel.early_reason(c, t), k) for p, c, t, k in items]
+    # A selector restored from a journal record of the first 10 items decides the rest alike.
+    first = rs.Selector(sel.filters, max_per_prompt=2)
+    whys = [first.reason(p, c, first.early_reason(c, t), k) for p, c, t, k in items[:10]]
+    kept = [{"prompt": p, "completion": c} for (p, c, _, _), w in zip(items, whys) if w is None]
+    over = [[p, rs.normalize(c)] for (p, c, _, _), w in zip(items, whys) if w == "over_quota"]
+    restored = rs.Selector(sel.filters, max_per_prompt=2)
+    restored.replay(kept, over, dict(first.counts))
+    assert over and [restored.reason(p, c, None, k) for p, c, _, k in items[10:]] == got[10:]
+    assert restored.counts == sel.counts and restored.kept == sel.kept
     assert got == [
         "empty",
         "truncated",
@@ -185,3 +195,35 @@ def test_output_is_sft_data(run):
     pairs = sft.load_examples(dcfg)
     assert pairs == [(r["prompt"], r["completion"]) for r in _rows(path)]
     assert not [p for p in os.listdir(work) if p.endswith(".tmp")]
+
+
+def test_interrupted_run_resumes_to_the_same_output(run, tmp_path, monkeypatch):
+    c, work, stats = run
+    real = rs.sample_batches
+
+    def two_then_stop(*a, **kw):
+        for i, batch in enumerate(real(*a, **kw)):
+            if i == 1:
+                raise KeyboardInterrupt  # after one finished batch, as a Ctrl-C would
+            yield batch
+
+    resumed = str(tmp_path / "rs")
+    monkeypatch.setattr(rs, "sample_batches", two_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        rs.rejection_sample(c, resumed)
+    paths = rs.output_paths(c, resumed)
+    assert not os.path.exists(paths["data"]) and len(_rows(paths["journal"])) == 2  # config, 1
+    monkeypatch.setattr(rs, "sample_batches", real)
+    changed = c.copy_and_resolve_references()
+    changed.max_per_prompt = 2
+    with pytest.raises(ValueError, match="max_per_prompt: 1 -> 2"):
+        rs.rejection_sample(changed, resumed)
+    firsts = []
+    monkeypatch.setattr(
+        rs, "sample_batches", lambda *a, **kw: (firsts.append(kw["first"]), real(*a, **kw))[1]
+    )
+    assert rs.rejection_sample(c, resumed) == {**stats, "output": paths["data"]}
+    assert firsts == [1]  # the finished batch was not sampled again
+    for name in ("data", "dropped"):
+        assert _rows(paths[name]) == _rows(rs.output_paths(c, work)[name])
+    assert not os.path.exists(paths["journal"])
