@@ -156,7 +156,8 @@ def test_compilations_bounded_across_prompt_lengths(params):
     assert sampling.generate._cache_size() - before == 2  # buckets 16 and 32
 
 
-def test_sharded_sampling_equals_single_device(params):
+@pytest.mark.parametrize("unroll", [False, True])
+def test_sharded_sampling_equals_single_device(params, unroll):
     mesh = shd.make_mesh((("fsdp", 4), ("tensor", 2)))
     p8 = jax.device_put(params, tfm.param_shardings(CFG, mesh))
     tokens, mask = left_padded_batch(np.random.default_rng(4), CFG.vocab_size, [5, 9, 2, 16], 16)
@@ -168,7 +169,7 @@ def test_sharded_sampling_equals_single_device(params):
         jax.device_put(tokens, batch),
         jax.device_put(mask, batch),
         jax.random.key(1),
-        cfg=CFG,
+        cfg=CFG.replace(unroll_decode=unroll),
         s=s,
         group_size=2,
     )
