@@ -256,19 +256,15 @@ def rejection_sample(config, workdir: str) -> dict:
         key=jax.random.key(config.seed),
         first=len(done),
     )
-    kept_rows, dropped_rows = [], []
-    sampled = correct_total = 0
+    records = list(done)  # one per finished batch; the outputs are their concatenation
     for rec in done:
-        kept_rows += rec["kept"]
-        dropped_rows += rec["dropped"]
-        sampled, correct_total = sampled + rec["sampled"], correct_total + rec["correct"]
         selector.replay(rec["kept"], rec["over_quota"], rec["counts"])
     write_jsonl_atomic(paths["journal"], [{"config": config_json}, *done])  # drops a torn line
     journal = open(paths["journal"], "a", encoding="utf-8")  # noqa: SIM115 (closed in finally)
     bar = progress(-(-n // sc.prompts_per_batch), len(done), "rejection")
     try:
         for exs, texts, out, comps in batches:
-            rec = {"kept": [], "dropped": [], "over_quota": [], "sampled": len(comps)}
+            rec = {"kept": [], "dropped": [], "over_quota": [], "sampled": len(comps), "correct": 0}
             counts_before = collections.Counter(selector.counts)
             prompts = [t for t in texts for _ in range(k)]
             early = [selector.early_reason(c, bool(t)) for c, t in zip(comps, out["truncated"])]
@@ -296,22 +292,22 @@ def rejection_sample(config, workdir: str) -> dict:
                 if why == "over_quota":
                     rec["over_quota"].append([prompts[i], normalize(comp)])
             rec["counts"] = dict(selector.counts - counts_before)
-            rec.setdefault("correct", 0)
             journal.write(json.dumps(rec, ensure_ascii=False, default=_jsonable) + "\n")
             journal.flush()
-            kept_rows += rec["kept"]
-            dropped_rows += rec["dropped"]
-            sampled, correct_total = sampled + rec["sampled"], correct_total + rec["correct"]
+            records.append(rec)
             bar.update(1)
     finally:
         journal.close()
         bar.close()
         stack.pool.close()
+    kept_rows = [r for rec in records for r in rec["kept"]]
+    dropped_rows = [r for rec in records for r in rec["dropped"]]
+    sampled = sum(rec["sampled"] for rec in records)
     stats = {
         "sampled": sampled,
         "kept": len(kept_rows),
         "dropped": dict(selector.counts),
-        "correct": correct_total,
+        "correct": sum(rec["correct"] for rec in records),
         "prompts": n,
         "prompts_with_kept": len(selector.kept),
         "samples_per_prompt": k,

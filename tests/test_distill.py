@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from rl_utils import make_model_dir
 
+import configs
 from r1jax import checkpoint
 from r1jax import distill as dl
 from r1jax.data import embedded
@@ -111,17 +112,7 @@ def _config(student, teacher, data):
             micro_rows=4,
             steps=30,
             vocab_chunk=64,  # < vocab: the chunked path
-            optim=dict(
-                lr=1e-2,
-                warmup_steps=0,
-                schedule="constant",
-                weight_decay=0.0,
-                b1=0.9,
-                b2=0.99,
-                eps=1e-8,
-                grad_clip=1.0,
-                total_steps=0,
-            ),
+            optim=configs.optim(lr=1e-2, b2=0.99),
             log_every=30,
             ckpt_every=100,
         )

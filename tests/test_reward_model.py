@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from rl_utils import make_model_dir
 
+import configs
 from r1jax import checkpoint
 from r1jax import reward_model as rm
 from r1jax import sharding as shd
@@ -178,17 +179,7 @@ def _rm_config(base, data, objective="pairwise", eval_fraction=0.25):
             batch_pairs=16,
             micro_pairs=8,
             steps=20,
-            optim=dict(
-                lr=3e-3,
-                warmup_steps=0,
-                schedule="constant",
-                weight_decay=0.0,
-                b1=0.9,
-                b2=0.99,
-                eps=1e-8,
-                grad_clip=1.0,
-                total_steps=0,
-            ),
+            optim=configs.optim(lr=3e-3, b2=0.99),
             log_every=20,
             ckpt_every=100,
         )
