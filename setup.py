@@ -45,7 +45,7 @@ setuptools.setup(
     name="r1jax",
     version="0.1.0",
     description="DeepSeek-R1 training system in pure JAX",
-    packages=setuptools.find_packages(include=["r1jax", "r1jax.*", "configs"]),
+    packages=setuptools.find_packages(include=["r1jax", "r1jax.*"]),
     package_data={"r1jax": ["assets/**/*"]},
     include_package_data=True,
     python_requires=">=3.10",

@@ -1,24 +1,10 @@
-"""Reward-model training entry point (the logic is in r1jax/reward_model.py).
+"""Reward-model training (pairwise or pointwise); the logic is r1jax.stages.reward_model.
 
-python launch/reward_model.py --workdir=/tmp/rm \\
-    --config=configs/reward_model.py:model=DIR,data=PAIRS
+  python launch/reward_model.py --workdir=/tmp/rm \\
+      --config=configs/reward_model.py:model=DIR,data=pairs.jsonl
 """
 
-from absl import app, flags, logging
-from ml_collections import config_flags
-
-from r1jax import reward_model
-
-_CONFIG = config_flags.DEFINE_config_file("config", None, "ml_collections config file[:args]")
-_WORKDIR = flags.DEFINE_string("workdir", None, "run directory (checkpoints, metrics, model)")
-flags.mark_flags_as_required(["config", "workdir"])
-
-
-def main(argv):
-    del argv
-    logging.set_verbosity(logging.WARNING)
-    reward_model.train_reward_model(_CONFIG.value, _WORKDIR.value)
-
+from r1jax import cli
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.main("reward_model")

@@ -1,108 +1,98 @@
-"""Model checkpoints on disk: our own (orbax) format and Hugging Face directories.
+"""Training-state checkpoints in the run directory (orbax), and what a resume must agree on.
 
-An r1jax model directory holds `model_config.json` (the ModelConfig), `params/` (an orbax
-checkpoint of the parameter pytree) and, when known, `tokenizer/` (the tokenizer files).
-`load_model` reads either that or a Hugging Face directory, restoring parameters straight into
-the target shardings. Training-state checkpoints (optimizer, step, data position, RNG) live in
-r1jax/train_state.py and reuse these helpers.
+A checkpoint is one orbax step directory holding
+  state  every array the run needs to continue exactly (parameters, optimizer state, step
+         counter, RNG key data, a reference policy...), restored straight into the shardings
+         of the running job, so it may have another mesh or process count than the saver;
+  extra  JSON: the data position and the config the run was started with.
+Every process calls save and restore; each writes and reads its own shards. Model
+directories (what a finished stage exports) are r1jax.models.store's.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
-import os
-import shutil
+import logging
 
 import jax
 import orbax.checkpoint as ocp
 
-from r1jax import sharding as shd
-from r1jax.models import hf
-from r1jax.models import transformer as tfm
-from r1jax.models.config import ModelConfig
+from r1jax import files
+from r1jax.errors import ConfigError
 
-MODEL_CONFIG = "model_config.json"
+log = logging.getLogger(__name__)
 
-
-def is_r1jax_model(path: str) -> bool:
-    return os.path.exists(os.path.join(path, MODEL_CONFIG))
-
-
-def is_hf_model(path: str) -> bool:
-    return os.path.exists(os.path.join(path, "config.json"))
-
-
-def config_to_json(cfg: ModelConfig) -> dict:
-    return dataclasses.asdict(cfg)
-
-
-def config_from_json(d: dict, where: str = MODEL_CONFIG) -> ModelConfig:
-    fields = {f.name for f in dataclasses.fields(ModelConfig)}
-    unknown = set(d) - fields
-    if unknown:
-        raise ValueError(f"{where}: unknown ModelConfig fields {sorted(unknown)}")
-    d = dict(d)
-    if d.get("rope_llama3") is not None:
-        d["rope_llama3"] = tuple(d["rope_llama3"])
-    d["eos_ids"] = tuple(d.get("eos_ids") or ())
-    return ModelConfig(**d)
+# Fields a resumed run may change (the schedule of logging, the length of the run, how the
+# hardware is used); anything else changing between a checkpoint and its resumption is refused.
+RESUMABLE_CHANGES = (
+    "steps",
+    "log_every",
+    "eval_every",
+    "ckpt_every",
+    "samples_every",
+    "num_samples_logged",
+    "keep_checkpoints",
+    "reward_pool",
+    "eval",
+    "mesh",
+    "micro_batch",
+    "compilation_cache_dir",
+    "optim.total_steps",
+)
 
 
-def save_model(path: str, params, cfg: ModelConfig, tokenizer_dir: str | None = None) -> None:
-    """Writes an r1jax model directory (overwriting `path`)."""
-    path = os.path.abspath(path)
-    tmp = path + ".tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
-    with ocp.StandardCheckpointer() as ckptr:
-        ckptr.save(os.path.join(tmp, "params"), params)
-    with open(os.path.join(tmp, MODEL_CONFIG), "w") as f:
-        json.dump(config_to_json(cfg), f, indent=2)
-    if tokenizer_dir:
-        copy_tokenizer(tokenizer_dir, os.path.join(tmp, "tokenizer"))
-    shutil.rmtree(path, ignore_errors=True)
-    os.rename(tmp, path)
+class Checkpointer:
+    def __init__(self, workdir, keep: int = 2):
+        self.dir = files.path(workdir) / "checkpoints"
+        self.mngr = ocp.CheckpointManager(
+            self.dir, options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
+        )
+
+    def latest_step(self) -> int | None:
+        return self.mngr.latest_step()
+
+    def save(self, step: int, state, extra: dict) -> None:
+        args = ocp.args.Composite(state=ocp.args.StandardSave(state), extra=ocp.args.JsonSave(extra))
+        self.mngr.save(step, args=args, force=True)
+
+    def restore(self, step: int, state_like) -> tuple[dict, dict]:
+        """Restores into the shapes, dtypes and shardings of `state_like` (arrays or structs)."""
+        target = jax.tree.map(
+            lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding), state_like
+        )
+        args = ocp.args.Composite(
+            state=ocp.args.StandardRestore(target), extra=ocp.args.JsonRestore()
+        )
+        out = self.mngr.restore(step, args=args)
+        return out["state"], out["extra"]
+
+    def close(self) -> None:
+        self.mngr.wait_until_finished()
+        self.mngr.close()
 
 
-def copy_tokenizer(src: str, dst: str) -> None:
-    os.makedirs(dst, exist_ok=True)
-    if os.path.isfile(src):
-        shutil.copy(src, dst)
+def _flatten(d, prefix=""):
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def check_resume(saved: dict, current: dict, resumable=RESUMABLE_CHANGES) -> None:
+    """A run resumed with a different config would silently mix two experiments: refuse."""
+    if not saved:
         return
-    for name in os.listdir(src):
-        if name in hf.TOKENIZER_FILES or name.endswith(".model"):
-            shutil.copy(os.path.join(src, name), dst)
-
-
-def tokenizer_path(path: str) -> str | None:
-    """Where the tokenizer of a model directory lives (None if it has none)."""
-    for cand in (os.path.join(path, "tokenizer"), path):
-        if os.path.isdir(cand) and any(
-            n in hf.TOKENIZER_FILES or n.endswith(".model") for n in os.listdir(cand)
-        ):
-            return cand
-    return None
-
-
-def load_model(path: str, mesh=None, **cfg_overrides) -> tuple[ModelConfig, dict]:
-    """(config, params) from an r1jax or a Hugging Face model directory."""
-    if not os.path.isdir(path):
-        raise FileNotFoundError(f"checkpoint {path!r} is not a directory")
-    path = os.path.abspath(path)  # orbax wants absolute paths
-    mesh = mesh or shd.make_mesh((("fsdp", 1),), jax.devices()[:1])
-    if is_hf_model(path) and not is_r1jax_model(path):
-        return hf.load_hf(path, mesh, **cfg_overrides)
-    if not is_r1jax_model(path):
-        raise FileNotFoundError(f"{path}: neither {MODEL_CONFIG} (r1jax) nor config.json (HF)")
-    with open(os.path.join(path, MODEL_CONFIG)) as f:
-        cfg = config_from_json(json.load(f), os.path.join(path, MODEL_CONFIG))
-    cfg = cfg.replace(**cfg_overrides)
-    target = jax.tree.map(
-        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-        tfm.abstract_params(cfg),
-        tfm.param_shardings(cfg, mesh),
+    a, b = _flatten(saved), _flatten(current)
+    changed = sorted(
+        k
+        for k in set(a) | set(b)
+        if a.get(k) != b.get(k) and not any(k == p or k.startswith(p + ".") for p in resumable)
     )
-    with ocp.StandardCheckpointer() as ckptr:
-        params = ckptr.restore(os.path.join(path, "params"), target)
-    return cfg, params
+    if changed:
+        diff = ", ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in changed[:8])
+        raise ConfigError(
+            f"the checkpoint in this workdir was made with a different config ({diff}); use a "
+            "new --workdir, or restore the old values"
+        )

@@ -1,18 +1,20 @@
 """Run outputs a person reads: metrics.jsonl, TensorBoard events, a console progress bar.
 
 `metrics.jsonl` holds one JSON object per logged step, keys like "train/reward" (documented in
-the README). Non-finite values are written as null so the file stays valid JSON.
+the README); TensorBoard tags are exactly those keys ("eval/pass@1", unmangled). Non-finite values
+are written as null so the file stays valid JSON. Only process 0 writes (multi-host runs log
+global values, reduced across hosts by the stages).
 """
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import sys
 import time
 
 import numpy as np
+
+from r1jax import distributed, files
 
 
 def _clean(v):
@@ -21,28 +23,33 @@ def _clean(v):
 
 
 class MetricsWriter:
-    """Appends to WORKDIR/metrics.jsonl and TensorBoard; keeps the last values for the bar."""
+    """Appends to WORKDIR/metrics.jsonl and TensorBoard events (process 0; a no-op elsewhere)."""
 
-    def __init__(self, workdir: str, tensorboard: bool = True):
-        os.makedirs(workdir, exist_ok=True)
-        self.path = os.path.join(workdir, "metrics.jsonl")
+    def __init__(self, workdir, tensorboard: bool = True):
+        self.path = files.path(workdir) / "metrics.jsonl"
+        self.active = distributed.is_main()
         self._tb = None
-        if tensorboard:
-            try:
-                from tensorboardX import SummaryWriter
+        if self.active and tensorboard:
+            from tensorboardX import SummaryWriter
 
-                self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
-            except ImportError:  # optional: metrics.jsonl is the record
-                self._tb = None
+            self._tb = SummaryWriter(str(files.path(workdir) / "tensorboard"))
 
     def write(self, step: int, metrics: dict) -> dict:
         row = {"step": int(step), **{k: _clean(v) for k, v in sorted(metrics.items())}}
-        with open(self.path, "a") as f:
-            f.write(json.dumps(row) + "\n")
+        if not self.active:
+            return row
+        files.append_jsonl(self.path, [row])
         if self._tb is not None:
-            for k, v in row.items():
-                if k != "step" and v is not None:
-                    self._tb.add_scalar(k, v, step)
+            from tensorboardX.proto.summary_pb2 import Summary
+
+            # Written as protos so that tags keep their characters (SummaryWriter.add_scalar
+            # would turn "eval/pass@1" into "eval/pass_1").
+            values = [
+                Summary.Value(tag=k, simple_value=v)
+                for k, v in row.items()
+                if k != "step" and v is not None
+            ]
+            self._tb._get_file_writer().add_summary(Summary(value=values), int(step))
             self._tb.flush()
         return row
 
@@ -51,27 +58,20 @@ class MetricsWriter:
             self._tb.close()
 
 
-def read_metrics(workdir_or_file: str) -> list[dict]:
-    path = workdir_or_file
-    if os.path.isdir(path):
-        path = os.path.join(path, "metrics.jsonl")
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+def read_metrics(workdir_or_file) -> list[dict]:
+    p = files.path(workdir_or_file)
+    return files.read_jsonl(p / "metrics.jsonl" if p.is_dir() else p)
 
 
-def truncate_metrics(workdir: str, after_step: int) -> None:
-    """On resume, drop rows logged after the checkpoint we restart from (they will be redone)."""
-    path = os.path.join(workdir, "metrics.jsonl")
-    if not os.path.exists(path):
-        return
-    rows = [r for r in read_metrics(path) if r["step"] <= after_step]
-    with open(path + ".tmp", "w") as f:
-        f.writelines(json.dumps(r) + "\n" for r in rows)
-    os.replace(path + ".tmp", path)
+def truncate_after(path, step: int) -> None:
+    """On resume, drop rows logged after the step we restart from (they will be redone)."""
+    p = files.path(path)
+    if distributed.is_main() and p.exists():
+        files.write_jsonl(p, [r for r in files.read_jsonl(p) if r["step"] <= step])
 
 
 def progress(total: int, initial: int = 0, desc: str = "train"):
-    """A tqdm bar with rate and ETA (plain text when not attached to a terminal)."""
+    """A tqdm bar with rate and ETA on process 0 (plain text when not on a terminal)."""
     from tqdm import tqdm
 
     return tqdm(
@@ -82,6 +82,7 @@ def progress(total: int, initial: int = 0, desc: str = "train"):
         file=sys.stderr,
         mininterval=0.5 if sys.stderr.isatty() else 10.0,
         unit="step",
+        disable=not distributed.is_main(),
     )
 
 

@@ -298,7 +298,7 @@ def sample_texts(
     seed: int = 0,
 ) -> list[dict]:
     """Text in, text out: for scripts and notebooks. Rows are prompt-major."""
-    ids = [tokenizer.encode(p, add_bos=True) for p in prompts]
+    ids = [tokenizer.encode_prompt(p) for p in prompts]
     tokens, mask = pad_prompts(ids, s.pad_id)
     out = jax.device_get(
         generate(params, tokens, mask, jax.random.key(seed), cfg=cfg, s=s, group_size=num_samples)

@@ -39,15 +39,22 @@ RULES: dict[str, tuple[str, ...]] = {
 def make_mesh(shape: Sequence[tuple[str, int]] = (("fsdp", -1),), devices=None) -> Mesh:
     """Builds a mesh from [(axis, size), ...]; one size may be -1 (all remaining devices).
 
-    Axes not named get size 1, so every mesh has the three axes of MESH_AXES. A mesh smaller
-    than the device count (and without -1) uses the first devices, e.g. [("fsdp", 1)] for one.
+    Axes not named get size 1, so every mesh has the three axes of MESH_AXES. On one process a
+    mesh smaller than the device count (and without -1) uses the first devices, e.g.
+    [("fsdp", 1)] for one. With several processes the mesh spans every device, and when `shape`
+    names no "data" axis it describes one host: "data" is then the number of processes (data
+    parallel across hosts, FSDP and tensor within a host). Devices are ordered process by
+    process, so each process's devices hold one contiguous block of the batch.
     """
     devices = list(jax.devices() if devices is None else devices)
+    hosts = len({d.process_index for d in devices})
     sizes = dict.fromkeys(MESH_AXES, 1)
     for name, size in shape:
         if name not in sizes:
             raise ValueError(f"config.mesh: unknown mesh axis {name!r}; expected {MESH_AXES}")
         sizes[name] = int(size)
+    if hosts > 1 and "data" not in dict(shape):
+        sizes["data"] = hosts
     known = math.prod(s for s in sizes.values() if s != -1)
     free = [n for n, s in sizes.items() if s == -1]
     if len(free) > 1:
@@ -55,15 +62,18 @@ def make_mesh(shape: Sequence[tuple[str, int]] = (("fsdp", -1),), devices=None) 
     if free:
         if len(devices) % known:
             raise ValueError(
-                f"config.mesh {shape}: {len(devices)} devices not divisible by {known}"
+                f"config.mesh {tuple(shape)}: {len(devices)} devices not divisible by {known}"
             )
         sizes[free[0]] = len(devices) // known
-    if not free and math.prod(sizes.values()) < len(devices):
-        devices = devices[: math.prod(sizes.values())]
-    if math.prod(sizes.values()) != len(devices):
+    total = math.prod(sizes.values())
+    if hosts == 1 and not free and total < len(devices):
+        devices = devices[:total]
+    if total != len(devices):
         raise ValueError(
-            f"config.mesh {shape} needs {math.prod(sizes.values())} devices, have {len(devices)}"
+            f"config.mesh {tuple(shape)} (as {sizes}) needs {total} devices, but the job has "
+            f"{len(devices)} ({hosts} process{'es' if hosts > 1 else ''})"
         )
+    devices = sorted(devices, key=lambda d: (d.process_index, d.id))
     grid = np.asarray(devices).reshape([sizes[n] for n in MESH_AXES])
     return Mesh(grid, MESH_AXES)
 

@@ -1,7 +1,10 @@
 """Tokenizers: one small interface over SentencePiece models and Hugging Face tokenizer.json.
 
 The rest of r1jax only needs text <-> ids, the ids that stop generation (``eos_ids``), a pad id
-and chat formatting, so that is all ``Tokenizer`` offers. Two backends:
+and chat formatting, so that is all ``Tokenizer`` offers. Prompts are encoded with
+``encode_prompt``, which adds the special tokens the tokenizer itself adds (for a Hugging Face
+tokenizer exactly ``transformers``' ``tokenizer(text)["input_ids"]``), so a model sees the prompt
+ids it was trained on. Two backends:
 
 - ``SentencePieceTokenizer``: our own small models for procedural tasks (``train_sentencepiece``).
 - ``HFTokenizer``: a Hugging Face checkpoint directory (Qwen2.5, R1-Distill, ...), read with the
@@ -31,7 +34,8 @@ class Tokenizer:
 
     Attributes:
       vocab_size: number of ids the tokenizer can produce (model embeddings may be larger).
-      bos_id: id prepended by ``encode(add_bos=True)``, or None (Qwen has no BOS).
+      bos_id: the BOS token's id, or None (Qwen has no BOS). Defining one does not mean it is
+        added: ``encode_prompt`` follows the tokenizer's own settings.
       eos_ids: every id that ends a completion, primary first (e.g. Qwen2.5-Instruct's
         ``<|im_end|>`` then ``<|endoftext|>``).
       pad_id: the pad token's id; without one, ``eos_ids[0]`` (padding is always masked).
@@ -47,7 +51,19 @@ class Tokenizer:
     chat_template: str | None = None
 
     def encode(self, text: str, add_bos: bool = False) -> list[int]:
+        """Ids of ``text`` with no special tokens added, unless ``add_bos`` prepends ``bos_id``.
+
+        Prefer ``encode_prompt`` for prompts: ``add_bos`` adds a BOS whether or not the
+        tokenizer adds one (it is to be removed once callers use ``encode_prompt``).
+        """
         raise NotImplementedError
+
+    def encode_prompt(self, text: str) -> list[int]:
+        """Ids of a prompt, with the special tokens the tokenizer's own settings add."""
+        raise NotImplementedError
+
+    def batch_encode_prompts(self, texts: Sequence[str]) -> list[list[int]]:
+        return [self.encode_prompt(t) for t in texts]
 
     def decode(self, ids: Iterable[int], skip_special: bool = True) -> str:
         """Decodes every id given (it does not stop at EOS; truncate before calling)."""
@@ -119,6 +135,13 @@ class SentencePieceTokenizer(Tokenizer):
     def batch_encode(self, texts: Sequence[str], add_bos: bool = False) -> list[list[int]]:
         out = self.sp.encode(list(texts))
         return [[self.bos_id, *ids] for ids in out] if add_bos and self.bos_id is not None else out
+
+    def encode_prompt(self, text: str) -> list[int]:
+        """BOS (when the model defines one: our base models are pretrained with it), then text."""
+        return self.encode(text, add_bos=True)
+
+    def batch_encode_prompts(self, texts: Sequence[str]) -> list[list[int]]:
+        return self.batch_encode(texts, add_bos=True)
 
     def decode(self, ids: Iterable[int], skip_special: bool = True) -> str:
         ids = [int(i) for i in ids]
@@ -267,7 +290,17 @@ class HFTokenizer(Tokenizer):
     model prompted with ChatML). Without a pad token the pad id falls back to generation_config
     / config ``pad_token_id``, then to ``eos_ids[0]``. Tokens the configs declare but
     tokenizer.json lacks are added, as transformers does. Decoding applies no
-    ``clean_up_tokenization_spaces`` (transformers v5 skips it for BPE too).
+    ``clean_up_tokenization_spaces`` (transformers v5 skips it for BPE too). Padding and
+    truncation stored in tokenizer.json are switched off, as ``tokenizer(text)`` does.
+
+    Prompt special tokens (``encode_prompt``) come from tokenizer.json's post-processor alone,
+    as in transformers 5.x: with a tokenizer.json, ``PreTrainedTokenizerBase._from_pretrained``
+    drops ``add_bos_token`` / ``add_eos_token`` from tokenizer_config.json, and a null
+    post-processor becomes one that adds nothing (``TokenizersBackend.update_post_processor``).
+    So a Llama-3 / R1-Distill ``TemplateProcessing`` adds its BOS whatever the flags say, and a
+    Qwen tokenizer (ByteLevel post-processor) or a tokenizer.json without a post-processor adds
+    none even with ``add_bos_token: true``. Not followed: the few transformers classes that
+    rebuild the post-processor from their own defaults (GPTNeoX, CodeLlama, Splinter).
     """
 
     def __init__(self, path: str | os.PathLike, extra_eos_tokens: Sequence[str] = ()):
@@ -283,6 +316,8 @@ class HFTokenizer(Tokenizer):
             self.tok = _HFTok.from_file(str(tok_file))
         except Exception as e:  # tokenizers raises a bare Exception on bad files
             raise ValueError(f"cannot load {tok_file}: {e}") from e
+        self.tok.no_truncation()
+        self.tok.no_padding()
         cfg = _read_json(self.dir / "tokenizer_config.json")
         smap = _read_json(self.dir / "special_tokens_map.json")
         gen = _read_json(self.dir / "generation_config.json")
@@ -336,6 +371,19 @@ class HFTokenizer(Tokenizer):
     def batch_encode(self, texts: Sequence[str], add_bos: bool = False) -> list[list[int]]:
         out = [e.ids for e in self.tok.encode_batch(list(texts), add_special_tokens=False)]
         return [[self.bos_id, *ids] for ids in out] if add_bos and self.bos_id is not None else out
+
+    def encode_prompt(self, text: str) -> list[int]:
+        """``transformers``' ``tokenizer(text)["input_ids"]``: the post-processor's specials.
+
+        Everything the post-processor adds is kept, as transformers keeps it: a template that
+        appends EOS (``"<s> $A </s>"``) gives a prompt ending in EOS. That is rare for causal LMs
+        and usually a sign of a tokenizer meant for scoring whole texts, but r1jax does not
+        second-guess it.
+        """
+        return self.tok.encode(text, add_special_tokens=True).ids
+
+    def batch_encode_prompts(self, texts: Sequence[str]) -> list[list[int]]:
+        return [e.ids for e in self.tok.encode_batch(list(texts), add_special_tokens=True)]
 
     def decode(self, ids: Iterable[int], skip_special: bool = True) -> str:
         return self.tok.decode([int(i) for i in ids], skip_special_tokens=skip_special)

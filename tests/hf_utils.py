@@ -100,6 +100,19 @@ def edit_json(path, **changes):
         json.dump(d, f)
 
 
+def save_hf_tokenizer(path, backend, config=None, tokenizer_json=None, **special_tokens):
+    """Saves a `tokenizers.Tokenizer` through transformers' `PreTrainedTokenizerFast` (its
+    post-processor as set), then merges `config` into tokenizer_config.json and `tokenizer_json`
+    into tokenizer.json. The edits are how configs found on the Hub are made: transformers writes
+    no add_bos_token / add_eos_token and replaces a null post-processor by an empty template."""
+    import transformers
+
+    fast = transformers.PreTrainedTokenizerFast(tokenizer_object=backend, **special_tokens)
+    fast.save_pretrained(str(path))
+    edit_json(os.path.join(path, "tokenizer_config.json"), **(config or {}))
+    edit_json(os.path.join(path, "tokenizer.json"), **(tokenizer_json or {}))
+
+
 def left_padded_batch(rng, vocab, lengths, width):
     tokens = np.zeros((len(lengths), width), np.int32)
     mask = np.zeros((len(lengths), width), np.int32)
@@ -109,4 +122,12 @@ def left_padded_batch(rng, vocab, lengths, width):
     return tokens, mask
 
 
-__all__ = ["TINY_HF", "edit_json", "left_padded_batch", "make_hf_model", "os", "torch_logits"]
+__all__ = [
+    "TINY_HF",
+    "edit_json",
+    "left_padded_batch",
+    "make_hf_model",
+    "os",
+    "save_hf_tokenizer",
+    "torch_logits",
+]

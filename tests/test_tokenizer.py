@@ -4,7 +4,10 @@ tokenizer built here, and SentencePiece models trained here on a generated corpu
 import json
 import random
 
+import jax
+import numpy as np
 import pytest
+from hf_utils import make_hf_model, save_hf_tokenizer
 
 from r1jax import tokenizer as tk
 from r1jax.data import templates
@@ -38,10 +41,9 @@ TEXTS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def qwen_dir(tmp_path_factory):
-    """A Qwen2-style tokenizer dir: byte-level BPE with Qwen2's pipeline, ChatML specials,
-    non-special <think> tags (as Qwen3 has them), Qwen2.5-Instruct configs."""
+def _qwen_bpe(specials):
+    """Byte-level BPE with Qwen2's pipeline (what transformers' Qwen2Tokenizer rebuilds), trained
+    here, plus non-special <think> tags (as Qwen3 has them)."""
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, trainers
     from tokenizers import pre_tokenizers as pt
 
@@ -56,7 +58,7 @@ def qwen_dir(tmp_path_factory):
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=400,
-        special_tokens=SPECIALS,
+        special_tokens=specials,
         initial_alphabet=pt.ByteLevel.alphabet(),
         show_progress=False,
     )
@@ -65,6 +67,14 @@ def qwen_dir(tmp_path_factory):
     tok.add_tokens(
         [AddedToken(t, special=False, normalized=False) for t in ("<think>", "</think>")]
     )
+    return tok
+
+
+@pytest.fixture(scope="module")
+def qwen_dir(tmp_path_factory):
+    """A Qwen2-style tokenizer dir: Qwen2's BPE pipeline, ChatML specials, non-special <think>
+    tags, Qwen2.5-Instruct configs."""
+    tok = _qwen_bpe(SPECIALS)
     d = tmp_path_factory.mktemp("qwen")
     tok.save(str(d / "tokenizer.json"))
     ids = {t: tok.token_to_id(t) for t in SPECIALS + ["<think>", "</think>"]}
@@ -175,6 +185,158 @@ def test_chat_template_and_chatml_match_transformers(qwen_dir, hf_ref):
     assert '{"name": "add", "parameters": {"a": "<int>"}}' in ref
 
 
+# --- Prompt special tokens: encode_prompt against tokenizer(text)["input_ids"] ---------------
+
+BOS, EOS = "<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>"  # DeepSeek-R1's, fullwidth bars
+PROMPT_TEXTS = [*TEXTS, "", f"{BOS}hi{EOS}", " 🙂"]
+# name -> (post-processor, tokenizer_config.json edits, (adds BOS, adds EOS)). transformers 5.x
+# ignores add_bos_token / add_eos_token when there is a tokenizer.json: the post-processor rules.
+PROMPT_CONFIGS = {
+    # R1-Distill-Qwen / -Llama: the template adds BOS and the config says so.
+    "bos_added": (
+        "bos",
+        {"tokenizer_class": "LlamaTokenizerFast", "add_bos_token": True, "add_eos_token": False},
+        (True, False),
+    ),
+    "bos_added_flag_false": ("bos", {"add_bos_token": False}, (True, False)),
+    # A BOS is defined but the ByteLevel post-processor (as Qwen's) adds nothing.
+    "bos_not_added": ("byte_level", {"add_bos_token": False}, (False, False)),
+    "flag_without_processor": (None, {"add_bos_token": True}, (False, False)),
+    "qwen_null_bos": (
+        "byte_level",
+        {"tokenizer_class": "Qwen2Tokenizer", "bos_token": None},
+        (False, False),
+    ),
+    "bos_eos": ("bos_eos", {}, (True, True)),
+}
+
+
+def _post_processor(kind, bos_id, eos_id):
+    from tokenizers import processors as pp
+
+    byte_level = pp.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False)
+    if kind == "byte_level":
+        return byte_level
+    if kind == "bos":  # Llama-3's: ByteLevel, then a template
+        template = pp.TemplateProcessing(
+            single=f"{BOS}:0 $A:0",
+            pair=f"{BOS}:0 $A:0 {BOS}:1 $B:1",
+            special_tokens=[(BOS, bos_id)],
+        )
+        return pp.Sequence([byte_level, template])
+    assert kind == "bos_eos"
+    return pp.TemplateProcessing(
+        single=f"{BOS} $A {EOS}",
+        pair=f"{BOS} $A {EOS} $B:1 {EOS}:1",
+        special_tokens=[(BOS, bos_id), (EOS, eos_id)],
+    )
+
+
+def save_prompt_tokenizer(path, name, backend):
+    """Saves `backend` in the configuration PROMPT_CONFIGS[name] (what a checkpoint ships)."""
+    from tokenizers import Tokenizer
+
+    kind, config, _ = PROMPT_CONFIGS[name]
+    tok = Tokenizer.from_str(backend.to_str())
+    bos_id, eos_id = tok.token_to_id(BOS), tok.token_to_id(EOS)
+    tok.post_processor = _post_processor(kind, bos_id, eos_id) if kind else None
+    tokenizer_json = {"post_processor": None} if kind is None else {}
+    if name == "bos_eos":  # stored truncation and padding, which tokenizer(text) switches off
+        tokenizer_json["truncation"] = dict(
+            direction="Right", max_length=4, strategy="LongestFirst", stride=0
+        )
+        tokenizer_json["padding"] = dict(
+            strategy="BatchLongest",
+            direction="Right",
+            pad_to_multiple_of=None,
+            pad_id=eos_id,
+            pad_type_id=0,
+            pad_token=EOS,
+        )
+    save_hf_tokenizer(
+        path, tok, config, tokenizer_json, bos_token=BOS, eos_token=EOS, pad_token="<|endoftext|>"
+    )
+
+
+@pytest.fixture(scope="module")
+def prompt_backend():
+    return _qwen_bpe([*SPECIALS, BOS, EOS])
+
+
+@pytest.mark.parametrize("name", list(PROMPT_CONFIGS))
+def test_encode_prompt_matches_transformers(name, prompt_backend, tmp_path):
+    transformers = pytest.importorskip("transformers")
+    save_prompt_tokenizer(tmp_path, name, prompt_backend)
+    ref = transformers.AutoTokenizer.from_pretrained(str(tmp_path))
+    tok = tk.load_tokenizer(tmp_path)
+    adds_bos, adds_eos = PROMPT_CONFIGS[name][2]
+    bos, eos = tok.token_to_id(BOS), tok.token_to_id(EOS)
+    for text in PROMPT_TEXTS:
+        ids = tok.encode_prompt(text)
+        assert ids == ref(text)["input_ids"], (name, text)
+        assert ids == [bos] * adds_bos + tok.encode(text) + [eos] * adds_eos, (name, text)
+        assert tok.encode(text) == ref.encode(text, add_special_tokens=False), (name, text)
+    assert tok.batch_encode_prompts(PROMPT_TEXTS) == ref(PROMPT_TEXTS)["input_ids"]
+    assert tok.bos_id == (None if name == "qwen_null_bos" else bos) == ref.bos_token_id
+    assert len(tok.encode_prompt(TEXTS[0])) > 4  # tokenizer.json's truncation is off
+
+
+@pytest.fixture(scope="module")
+def greedy_dirs(prompt_backend, tmp_path_factory):
+    """One tiny random Qwen2 model saved twice, with a tokenizer that adds a BOS (R1-Distill-Qwen's
+    configs) and with one that defines a BOS but does not add it."""
+    import shutil
+
+    root = tmp_path_factory.mktemp("greedy")
+    vocab = prompt_backend.get_vocab_size()
+    ids = [prompt_backend.token_to_id(t) for t in (BOS, EOS)]
+    model = make_hf_model(
+        root / "bos_added", "qwen2", init_std=0.3, seed=3, vocab=vocab, bos=ids[0], eos=ids[1]
+    )
+    shutil.copytree(root / "bos_added", root / "bos_not_added")
+    for name in ("bos_added", "bos_not_added"):
+        save_prompt_tokenizer(root / name, name, prompt_backend)
+    return model, root
+
+
+GREEDY_PROMPTS = ["What is 7*6? Think step by step.", CHATS[0][0]["content"] + "<|im_end|>\n"]
+
+
+@pytest.mark.parametrize("name", ["bos_added", "bos_not_added"])
+def test_greedy_tokens_match_transformers_generate(name, greedy_dirs):
+    import torch
+    import transformers
+
+    from r1jax import sampling
+    from r1jax.models.store import load_model
+
+    model, root = greedy_dirs
+    path = str(root / name)
+    ref_tok = transformers.AutoTokenizer.from_pretrained(path)
+    tok = tk.load_tokenizer(path)
+    prompts = tok.batch_encode_prompts(GREEDY_PROMPTS)
+    assert prompts == ref_tok(GREEDY_PROMPTS)["input_ids"]
+    assert [p[0] == tok.bos_id for p in prompts] == [name == "bos_added"] * 2
+    # What encode(add_bos=True) gave before encode_prompt: a BOS this tokenizer does not add.
+    assert (prompts[0] == tok.encode(GREEDY_PROMPTS[0], add_bos=True)) == (name == "bos_added")
+    cfg, params = load_model(path)
+    tokens, mask = sampling.pad_prompts(prompts, tok.pad_id)
+    s = sampling.SamplingConfig(max_new_tokens=8, temperature=0.0, eos_ids=(), pad_id=tok.pad_id)
+    out = sampling.generate(params, tokens, mask, jax.random.key(0), cfg=cfg, s=s, group_size=1)
+    for p, ours in zip(prompts, np.asarray(out["tokens"]).tolist(), strict=True):
+        with torch.no_grad():
+            ref = model.generate(
+                torch.tensor([p]),
+                attention_mask=torch.ones(1, len(p), dtype=torch.long),
+                do_sample=False,
+                max_new_tokens=8,
+                eos_token_id=None,
+                pad_token_id=tok.pad_id,
+            )
+        assert ours == ref[0, len(p) :].tolist(), (name, p)
+    assert len({t for row in np.asarray(out["tokens"]).tolist() for t in row}) > 4
+
+
 # --- SentencePiece --------------------------------------------------------------------------
 
 
@@ -215,6 +377,9 @@ def test_sentencepiece_digits_tags_roundtrip(sp_tok):
         assert sp_tok.decode(sp_tok.encode(text)) == text
     assert (sp_tok.bos_id, sp_tok.eos_ids, sp_tok.pad_id) == (1, (2,), 3)
     assert sp_tok.special_tokens == {"<unk>": 0, "<s>": 1, "</s>": 2, "<pad>": 3}
+    # Prompts start with <s>: the base models are pretrained with it.
+    assert sp_tok.encode_prompt("9 + 1") == [1, *sp_tok.encode("9 + 1")]
+    assert sp_tok.batch_encode_prompts(["9", ""]) == [[1, *sp_tok.encode("9")], [1]]
     ids = sp_tok.encode("9 + 1", add_bos=True) + [2, 3]
     assert ids[0] == 1
     assert sp_tok.decode(ids) == "9 + 1"

@@ -92,18 +92,27 @@ class DataIterator:
     def __iter__(self) -> DataIterator:
         return self
 
-    def __next__(self) -> list[dict]:
-        batch = []
-        while len(batch) < self.batch_size:
+    def next_indices(self) -> list[int]:
+        """The source indices of the next batch (advances the position)."""
+        out = []
+        while len(out) < self.batch_size:
             if self.num_epochs is not None and self.epoch >= self.num_epochs:
                 break
-            batch.append(dict(self.source[self._index()]))  # A copy: callers may mutate it.
+            out.append(self._index())
             self.position += 1
             if self.position == len(self.source):
                 self.epoch, self.position = self.epoch + 1, 0
-        if not batch:
+        if not out:
             raise StopIteration
-        return batch
+        return out
+
+    def __next__(self) -> list[dict]:
+        return [dict(self.source[i]) for i in self.next_indices()]  # copies: callers may mutate
+
+    def next_part(self, start: int, stop: int) -> list[dict]:
+        """Examples [start, stop) of the next batch, reading only those (the rows of one
+        process in a multi-host job; every process advances by the whole batch)."""
+        return [dict(self.source[i]) for i in self.next_indices()[start:stop]]
 
     def get_state(self) -> dict:
         return {

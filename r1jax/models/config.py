@@ -137,6 +137,10 @@ PRESETS: dict[str, ModelConfig] = {
     "qwen2.5-1.5b": _qwen25(1536, 28, 12, 2, 8960),
     "qwen2.5-3b": _qwen25(2048, 36, 16, 2, 11008),
     "qwen2.5-7b": _qwen25(3584, 28, 28, 4, 18944, vocab=152_064, tie=False, max_len=131_072),
+    # Qwen2.5-32B (base) config.json: untied, 131072 positions, rms_norm_eps 1e-5 (Instruct: 1e-6).
+    "qwen2.5-32b": _qwen25(5120, 64, 40, 8, 27648, 152_064, tie=False, max_len=131_072).replace(
+        rms_eps=1e-5
+    ),
     "qwen2.5-math-1.5b": _qwen25(1536, 28, 12, 2, 8960, theta=1e4, max_len=4096),
     "qwen2.5-math-7b": _qwen25(3584, 28, 28, 4, 18944, 152_064, tie=False, theta=1e4, max_len=4096),
     "qwen3-0.6b": _qwen3(1024, 28, 16, 3072),

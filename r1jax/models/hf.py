@@ -1,10 +1,17 @@
-"""Hugging Face checkpoints (config.json + safetensors) in and out, one tensor at a time.
+"""Hugging Face checkpoints (config.json + safetensors) in and out, one tensor at a time, on one
+host or on many (JAX multi-controller: every process calls `load_hf` / `save_hf` alike).
 
 Import validates everything first (config features, every tensor's presence, shape and
 dtype) from the safetensors *headers*, before a single parameter is allocated. Then each
-parameter is created directly in its target sharding with `jax.make_array_from_callback`: every
-device's shard is read from memory-mapped files, so neither the host nor one device ever
-holds the whole model.
+parameter is created directly in its target sharding with `jax.make_array_from_callback`, which
+asks only for the shards of this process's devices. A local file is memory-mapped and sliced; a
+remote one (`gs://...`, through `etils.epath`) gets one ranged read per tensor covering the HF
+rows that this process's shards touch.
+
+Export streams the safetensors files: the header comes from the config alone, then each tensor
+is gathered (a collective every process joins), converted and appended by process 0, so the
+host holds one tensor at a time. The bytes depend only on the values: they equal
+`safetensors.numpy.save_file`'s for the same tensors, from any mesh.
 
 Our layout differs from HF's only by transposes/reshapes (HF Linear weights are [out, in]; ours
 are [in, heads, head_dim] etc.) and by stacking layers, so import -> export -> import is exact.
@@ -12,9 +19,12 @@ are [in, heads, head_dim] etc.) and by stacking layers, so import -> export -> i
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import math
 import os
+import re
 import shutil
 import struct
 import tempfile
@@ -23,13 +33,18 @@ from collections.abc import Callable
 import jax
 import ml_dtypes
 import numpy as np
-from safetensors.numpy import save_file
+from etils import epath
+from jax.experimental import multihost_utils
 
+from r1jax import sharding as shd
 from r1jax.models import config as config_lib
 from r1jax.models import transformer as tfm
 from r1jax.models.config import ModelConfig
 
 _DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16}
+_SAVE_DTYPES = {"float32": "F32", "bfloat16": "BF16", "float16": "F16"}
+# safetensors' Dtype enum order; its writer puts larger ones first (alignment), then sorts by name.
+_DTYPE_RANK = {"F16": 0, "BF16": 1, "F32": 2}
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
 TOKENIZER_FILES = (
     "tokenizer.json",
@@ -55,43 +70,60 @@ class TensorInfo:
     offset: int  # absolute byte offset of the data in the file
 
 
-def _read_header(file: str) -> dict[str, TensorInfo]:
-    with open(file, "rb") as f:
-        (n,) = struct.unpack("<Q", f.read(8))
+def _nbytes(dtype: str, shape) -> int:
+    return np.dtype(_DTYPES[dtype]).itemsize * math.prod(shape)
+
+
+def _is_local(path: str) -> bool:
+    """Whether `path` can be memory-mapped (no URI scheme such as gs://)."""
+    return "://" not in os.fspath(path)
+
+
+def _read_header(file: epath.Path) -> dict[str, TensorInfo]:
+    with file.open("rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise CheckpointError(f"{file}: shorter than a safetensors header")
+        (n,) = struct.unpack("<Q", head)
         header = json.loads(f.read(n))
     out = {}
     for name, meta in header.items():
         if name == "__metadata__":
             continue
         start, _ = meta["data_offsets"]
-        out[name] = TensorInfo(file, meta["dtype"], tuple(meta["shape"]), 8 + n + start)
+        out[name] = TensorInfo(os.fspath(file), meta["dtype"], tuple(meta["shape"]), 8 + n + start)
     return out
 
 
 def read_index(path: str) -> dict[str, TensorInfo]:
     """All tensors of a HF directory: one model.safetensors or several with an index."""
-    index = os.path.join(path, "model.safetensors.index.json")
-    if os.path.exists(index):
-        with open(index) as f:
-            files = sorted(set(json.load(f)["weight_map"].values()))
+    root = epath.Path(path)
+    index = root / "model.safetensors.index.json"
+    if index.exists():
+        files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
     else:
-        files = sorted(f for f in os.listdir(path) if f.endswith(".safetensors"))
+        files = sorted(p.name for p in root.glob("*.safetensors"))
     if not files:
         raise CheckpointError(f"{path}: no *.safetensors files")
     tensors = {}
     for name in files:
-        file = os.path.join(path, name)
-        if not os.path.exists(file):
+        if not (root / name).exists():
             raise CheckpointError(f"{index}: lists {name}, which does not exist")
-        tensors.update(_read_header(file))
+        tensors.update(_read_header(root / name))
     return tensors
 
 
-def _memmap(info: TensorInfo) -> np.ndarray:
-    dtype = np.dtype(_DTYPES[info.dtype])
-    count = int(np.prod(info.shape))
-    mm = np.memmap(info.file, dtype=dtype, mode="r", offset=info.offset, shape=(count,))
-    return mm.reshape(info.shape)
+def _load_config(path: str, overrides) -> ModelConfig:
+    if _is_local(path):
+        return config_lib.load_hf_config(path, **overrides)
+    file = epath.Path(path) / "config.json"
+    if not file.exists():
+        raise FileNotFoundError(f"{file}: no config.json (is {path!r} a Hugging Face model dir?)")
+    try:
+        hf = json.loads(file.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{file}: invalid JSON at line {e.lineno}: {e.msg}") from e
+    return config_lib.from_hf_config(hf, where=os.fspath(file), **overrides)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -193,39 +225,160 @@ def _get(params, path):
     return params
 
 
+def _memmap(info: TensorInfo) -> np.ndarray:
+    return np.memmap(info.file, _DTYPES[info.dtype], "r", info.offset, info.shape)
+
+
+def _coords(shape: tuple[int, ...], axis: int, start: int = 0) -> np.ndarray:
+    """A zero-copy array of `shape` whose elements are their own index along `axis`, minus start.
+
+    Sent through an Entry's to_ours (transposes and reshapes, all views) and sliced, it says
+    which HF elements a slice of our layout is made of, without touching the tensor."""
+    line = np.arange(-start, shape[axis] - start)
+    strides = [0] * len(shape)
+    strides[axis] = line.strides[0]
+    return np.lib.stride_tricks.as_strided(line, shape, strides, writeable=False)
+
+
+def hf_rows(e: Entry, index) -> tuple[int, int]:
+    """[start, stop) along the HF tensor's first axis of the elements in our-layout `index`."""
+    rows = e.to_ours(_coords(e.hf_shape, 0))[index]
+    return int(rows.min()), int(rows.max()) + 1
+
+
+def _read_rows(name: str, info: TensorInfo, start: int, stop: int) -> np.ndarray:
+    """Rows start:stop of a tensor in one ranged read (contiguous bytes; any epath filesystem)."""
+    row = _nbytes(info.dtype, info.shape[1:])
+    with epath.Path(info.file).open("rb") as f:
+        f.seek(info.offset + start * row)
+        data = f.read((stop - start) * row)
+    if len(data) != (stop - start) * row:
+        raise CheckpointError(f"{info.file}: tensor {name!r} is truncated")
+    return np.frombuffer(data, _DTYPES[info.dtype]).reshape((stop - start,) + info.shape[1:])
+
+
+def _shard_reader(e: Entry, tensors, local: bool, sharding, shape) -> Callable:
+    """read(name, index): our-layout slice `index` of HF tensor `name` (one layer if stacked)."""
+    if local:
+        return lambda name, index: e.to_ours(_memmap(tensors[name]))[index]
+    # Remote: the rows that all of this process's shards need, read once per tensor. A shard
+    # split along HF columns still reads whole rows (a contiguous range, not one read per row).
+    spans = [
+        hf_rows(e, index[1:] if e.stacked else index)
+        for index in sharding.addressable_devices_indices_map(shape).values()
+    ]
+    start, stop = min(s for s, _ in spans), max(s for _, s in spans)
+    cache: dict[str, np.ndarray] = {}
+
+    def read(name, index):
+        if name not in cache:
+            cache[name] = _read_rows(name, tensors[name], start, stop)
+        sel = tuple(
+            e.to_ours(_coords(e.hf_shape, a, start if a == 0 else 0))[index]
+            for a in range(len(e.hf_shape))
+        )
+        return cache[name][sel]
+
+    return read
+
+
 def load_hf(path: str, mesh=None, **cfg_overrides) -> tuple[ModelConfig, dict]:
-    """(config, params) from a HF directory, straight into the mesh's shardings."""
-    cfg = config_lib.load_hf_config(path, **cfg_overrides)
+    """(config, params) from a HF directory (local, or remote such as gs://...), straight into
+    the mesh's shardings. `mesh` is the global mesh (default: all devices on the "fsdp" axis);
+    in a multi-process job every process calls this alike and reads only its devices' shards."""
+    path = os.fspath(path)
+    cfg = _load_config(path, cfg_overrides)
     tensors = read_index(path)
     validate(cfg, tensors, path)
-    mesh = mesh or tfm.shd.make_mesh((("fsdp", 1),), jax.devices()[:1])
-    shardings = tfm.param_shardings(cfg, mesh)
+    mesh = mesh if mesh is not None else shd.make_mesh((("fsdp", -1),))
+    specs, shardings = tfm.param_specs(cfg), tfm.param_shardings(cfg, mesh)
     dtype = np.dtype(cfg.param_dtype)
-    last: dict[str, np.ndarray] = {}  # the most recent tensor: replicated shards reuse it
-
-    def read(name, to_ours):
-        if name not in last:
-            last.clear()
-            last[name] = np.ascontiguousarray(to_ours(_memmap(tensors[name])))
-        return last[name]
-
     params: dict = {"layers": {}}
     for e in layout(cfg):
-        shape = (
-            (cfg.n_layers,) + tfm.param_specs(cfg)["layers"][e.path[1]].shape[1:]
-            if e.stacked
-            else _get(tfm.param_specs(cfg), e.path).shape
-        )
+        shape, sharding = _get(specs, e.path).shape, _get(shardings, e.path)
+        read = _shard_reader(e, tensors, _is_local(path), sharding, shape)
 
-        def callback(index, e=e):
+        def callback(index, e=e, read=read):
             if not e.stacked:
-                return read(e.names[0], e.to_ours)[index].astype(dtype)
+                return np.array(read(e.names[0], index), dtype)  # a copy, not the mmap
             layers = range(*index[0].indices(cfg.n_layers))
-            return np.stack([read(e.names[i], e.to_ours)[index[1:]] for i in layers]).astype(dtype)
+            return np.stack([read(e.names[i], index[1:]) for i in layers]).astype(dtype)
 
-        arr = jax.make_array_from_callback(shape, _get(shardings, e.path), callback)
+        arr = jax.make_array_from_callback(shape, sharding, callback)
         (params["layers"] if e.stacked else params)[e.path[-1]] = arr
     return cfg, params
+
+
+def safetensors_header(specs: dict[str, tuple[str, tuple[int, ...]]], metadata=None):
+    """(header bytes, tensor order) of a safetensors file of tensors {name: (dtype, shape)}.
+
+    The bytes `safetensors`' own writer produces: tensors by descending dtype then name,
+    offsets in that order, compact JSON with __metadata__ first, spaces to a multiple of 8."""
+    order = sorted(specs, key=lambda n: (-_DTYPE_RANK[specs[n][0]], n))
+    header: dict = {} if metadata is None else {"__metadata__": dict(sorted(metadata.items()))}
+    offset = 0
+    for name in order:
+        dtype, shape = specs[name]
+        size = _nbytes(dtype, shape)
+        header[name] = dict(dtype=dtype, shape=list(shape), data_offsets=[offset, offset + size])
+        offset += size
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+    text += b" " * (-len(text) % 8)
+    return struct.pack("<Q", len(text)) + text, order
+
+
+def write_safetensors(file: str | None, specs, fetch: Callable[[str], np.ndarray], metadata=None):
+    """Streams a safetensors file: the header from `specs`, then fetch(name) in file order.
+
+    One tensor is in memory at a time. With file=None nothing is written, but fetch is called
+    for the same tensors in the same order (how other processes join process 0's gathers)."""
+    header, order = safetensors_header(specs, metadata)
+    with open(file, "wb") if file else contextlib.nullcontext() as f:
+        if f:
+            f.write(header)
+        for name in order:
+            arr, (dtype, shape) = fetch(name), specs[name]
+            if arr.dtype != np.dtype(_DTYPES[dtype]) or arr.shape != tuple(shape):
+                raise ValueError(
+                    f"{file}: tensor {name!r} is {arr.dtype}{list(arr.shape)}; the header says "
+                    f"{dtype}{list(shape)}"
+                )
+            if f:
+                f.write(np.ascontiguousarray(arr).reshape(-1).view(np.uint8))
+
+
+_take = jax.jit(lambda x, i: x[i])
+
+
+def _host_value(x, i: int | None) -> np.ndarray:
+    """x (or x[i]) as a NumPy array on every process: a collective if x spans processes."""
+    if not isinstance(x, jax.Array):
+        return np.asarray(x if i is None else x[i])
+    if i is not None:
+        x = _take(x, i)
+    if x.is_fully_addressable:
+        return np.asarray(x)
+    return multihost_utils.process_allgather(x, tiled=True)
+
+
+def _natural(name: str) -> list:  # "layers.2" before "layers.10"
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
+
+
+def _split_files(specs, max_bytes: int) -> dict[str, list[str]]:
+    """{file name: tensor names}: model order, a new file before one would pass max_bytes."""
+    groups: list[list[str]] = [[]]
+    size = 0
+    for name in sorted(specs, key=_natural):
+        nbytes = _nbytes(*specs[name])
+        if groups[-1] and size + nbytes > max_bytes:
+            groups, size = groups + [[]], 0
+        groups[-1].append(name)
+        size += nbytes
+    n = len(groups)
+    if n == 1:
+        return {"model.safetensors": groups[0]}
+    return {f"model-{i + 1:05d}-of-{n:05d}.safetensors": g for i, g in enumerate(groups)}
 
 
 def save_hf(
@@ -235,43 +388,64 @@ def save_hf(
     *,
     dtype: str = "float32",
     tokenizer_dir: str | None = None,
-    max_shard_bytes: int = 2 << 30,
+    max_shard_bytes: int = 5 * 10**9,
 ) -> None:
-    """Writes a directory that transformers' from_pretrained loads. Atomic: a temp dir is
-    filled and renamed into place, so a crash never leaves a half-written checkpoint."""
-    np_dtype = np.dtype(_DTYPES[{"float32": "F32", "bfloat16": "BF16", "float16": "F16"}[dtype]])
-    parent = os.path.dirname(os.path.abspath(path))
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".tmp-", dir=parent)
-    shards: list[dict[str, np.ndarray]] = [{}]
-    size = 0
+    """Writes a directory that transformers' from_pretrained loads (several files and an index
+    above max_shard_bytes). Every process must call it: the gathers are collectives; process 0
+    alone writes, and all return once it is done. Atomic: a temp dir is filled and renamed into
+    place, so a crash never leaves a half-written checkpoint."""
+    if dtype not in _SAVE_DTYPES:
+        raise ValueError(f"save_hf: dtype {dtype!r}; expected one of {sorted(_SAVE_DTYPES)}")
+    st_dtype = _SAVE_DTYPES[dtype]
+    expected = tfm.param_specs(cfg)
+    sources: dict[str, tuple[Entry, int | None]] = {}
     for e in layout(cfg):
-        leaf = _get(params, e.path)
-        for i, name in enumerate(e.names):
-            part = leaf[i] if e.stacked else leaf
-            arr = np.ascontiguousarray(e.to_hf(np.asarray(jax.device_get(part))).astype(np_dtype))
-            if size and size + arr.nbytes > max_shard_bytes:
-                shards.append({})
-                size = 0
-            shards[-1][name] = arr
-            size += arr.nbytes
-    if len(shards) == 1:
-        save_file(shards[0], os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
-    else:
-        weight_map = {}
-        for i, shard in enumerate(shards):
-            fname = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
-            save_file(shard, os.path.join(tmp, fname), metadata={"format": "pt"})
-            weight_map.update(dict.fromkeys(shard, fname))
-        total = sum(a.nbytes for s in shards for a in s.values())
+        got, want = tuple(_get(params, e.path).shape), _get(expected, e.path).shape
+        if got != want:
+            raise ValueError(f"save_hf: params{list(e.path)} has shape {got}, config: {want}")
+        sources.update({n: (e, i if e.stacked else None) for i, n in enumerate(e.names)})
+    specs = {name: (st_dtype, e.hf_shape) for name, (e, _) in sources.items()}
+
+    def fetch(name):
+        e, i = sources[name]
+        value = e.to_hf(_host_value(_get(params, e.path), i))
+        return np.ascontiguousarray(value.astype(_DTYPES[st_dtype]))
+
+    files = _split_files(specs, max_shard_bytes)
+    tmp = None
+    if jax.process_index() == 0:
+        parent = os.path.dirname(os.path.abspath(path))
+        os.makedirs(parent, exist_ok=True)
+        tmp = tempfile.mkdtemp(prefix=".tmp-", dir=parent)
+    try:
+        for fname, names in files.items():
+            file = os.path.join(tmp, fname) if tmp else None
+            write_safetensors(file, {n: specs[n] for n in names}, fetch, {"format": "pt"})
+        if tmp:
+            _write_extras(tmp, cfg, dtype, tokenizer_dir, specs, files)
+            if os.path.exists(path):
+                shutil.rmtree(path)
+            os.rename(tmp, path)
+    except BaseException:
+        if tmp:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if jax.process_count() > 1:  # nobody goes on to read `path` before process 0 is done
+        multihost_utils.sync_global_devices(f"r1jax.save_hf:{path}")
+
+
+def _write_extras(tmp, cfg, dtype, tokenizer_dir, specs, files) -> None:
+    """Index (if several files), tokenizer files and config.json: process 0 only."""
+    if len(files) > 1:  # as transformers writes it
+        index = {
+            "metadata": {"total_size": sum(_nbytes(*spec) for spec in specs.values())},
+            "weight_map": {n: f for f, names in files.items() for n in names},
+        }
         with open(os.path.join(tmp, "model.safetensors.index.json"), "w") as f:
-            json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
+            f.write(json.dumps(index, indent=2, sort_keys=True) + "\n")
     if tokenizer_dir:
         for fname in TOKENIZER_FILES:
             if os.path.exists(os.path.join(tokenizer_dir, fname)):
                 shutil.copy(os.path.join(tokenizer_dir, fname), tmp)
     with open(os.path.join(tmp, "config.json"), "w") as f:
         json.dump(config_lib.to_hf_config(cfg, dtype), f, indent=2)
-    if os.path.exists(path):
-        shutil.rmtree(path)
-    os.rename(tmp, path)

@@ -293,6 +293,37 @@ def logits(params: Params, tokens_NT, mask_NT, cfg: ModelConfig):
     return logits_from_hidden(params, h, cfg)
 
 
+def target_logprobs(
+    params: Params,
+    tokens_NS,
+    positions_NS,
+    segment_ids_NS,
+    cfg: ModelConfig,
+    *,
+    first: int = 1,
+    temperature: float = 1.0,
+    vocab_chunk: int = 8192,
+    with_entropy: bool = False,
+):
+    """log p(tokens[:, s] | tokens[:, :s]) for s >= first: [N, S - first] (and the entropy).
+
+    The one log-prob function of training: GRPO's policy, reference and old-policy log-probs of
+    completions (first = the prompt length) and the next-token terms of SFT and distillation on
+    packed rows (first = 1) all come from here, so sampler and trainer agree by construction.
+    """
+    h = forward(params, tokens_NS, positions_NS, segment_ids_NS, cfg)
+    # The hidden state at position s-1 predicts token s.
+    return token_logprobs(
+        params,
+        h[:, first - 1 : -1],
+        tokens_NS[:, first:],
+        cfg,
+        temperature=temperature,
+        vocab_chunk=vocab_chunk,
+        with_entropy=with_entropy,
+    )
+
+
 def token_logprobs(
     params: Params,
     h_NTD,

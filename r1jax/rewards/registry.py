@@ -10,10 +10,11 @@ the configuration and whose instances are such functions. Every reward function 
 from __future__ import annotations
 
 import functools
-import importlib
 import inspect
 from collections.abc import Callable, Mapping
 from typing import Any
+
+from r1jax import registry
 
 RewardFn = Callable[..., list]
 
@@ -27,7 +28,7 @@ REGISTRY: dict[str, tuple[str, dict[str, Any]]] = {
     "language": ("r1jax.rewards.language:language_consistency", {}),
     "code": ("r1jax.rewards.code:CodeReward", {}),
     "overlong": ("r1jax.rewards.overlong:OverlongPenalty", {}),
-    "reward_model": ("r1jax.reward_model:RewardModelReward", {}),
+    "reward_model": ("r1jax.rewards.reward_model:RewardModelReward", {}),
 }
 # Task-accuracy rewards: RewardStack takes `correct` from the one that is configured.
 ACCURACY_FNS = frozenset({"math", "math_dapo", "countdown", "code"})
@@ -47,11 +48,7 @@ def _resolve(name: str) -> tuple[Any, dict[str, Any]]:
         raise ValueError(
             f"unknown reward {name!r}; known: {sorted(REGISTRY)}, or give 'package.module:function'"
         )
-    module, _, attr = path.partition(":")
-    try:
-        return getattr(importlib.import_module(module), attr), dict(defaults)
-    except (ImportError, AttributeError) as e:
-        raise ValueError(f"reward {name!r}: cannot load {path!r}: {e}") from e
+    return registry.load(path, f"reward {name!r}"), dict(defaults)
 
 
 def _bind(fn: Callable, name: str, cfg: dict[str, Any]) -> RewardFn:

@@ -45,6 +45,7 @@ def group_advantages(
     eps: float = 1e-4,
     baseline: str = "mean",
     valid_N=None,
+    batch_std=None,
 ):
     """Returns (adv_N float32, stats) for rewards with the G samples of a prompt contiguous.
 
@@ -55,6 +56,8 @@ def group_advantages(
       eps: added to the std before dividing.
       baseline: "mean" | "loo".
       valid_N: optional [N] bool; False also marks an item invalid.
+      batch_std: for scale="batch", the std of the whole batch when these rewards are only a
+        part of it (each host of a multi-host job holds its own groups); default: their own.
 
     stats (scalars, same array type as the input): frac_zero_std (fraction of groups with no
     reward spread among valid items, i.e. no learning signal; includes groups with < 2 valid
@@ -101,7 +104,7 @@ def group_advantages(
     n_all = valid.sum().astype(xp.float32)
     mean_all = xp.where(valid, r, 0.0).sum() / xp.maximum(n_all, 1.0)
     var_all = (xp.where(valid, r - mean_all, 0.0) ** 2).sum() / xp.maximum(n_all - 1.0, 1.0)
-    std_all = xp.sqrt(var_all)
+    std_all = xp.sqrt(var_all) if batch_std is None else xp.asarray(batch_std, xp.float32)
 
     if scale == "group":
         adv_BG = centred_BG / (std_B[:, None] + eps)

@@ -59,6 +59,8 @@ from numbers import Real
 import jax
 import jax.numpy as jnp
 
+from r1jax import registry
+
 LOSS_TYPES = ("grpo", "dr_grpo", "dapo", "gspo")
 KL_ESTIMATORS = ("k1", "k2", "k3")
 
@@ -125,6 +127,14 @@ def loss_config_from(cfg) -> LossConfig:
         if v is not None:
             kwargs[f.name] = v
     return LossConfig(**kwargs)
+
+
+def get_policy_loss(name: str = ""):
+    """The policy-loss function a config names (config.rl.policy_loss): "" is `policy_loss`
+    (every LOSS_TYPES variant); "package.module:function" is a user's function with the same
+    signature and return value (loss_sum, {name: (numerator, denominator)}), weighted by
+    `token_weights` of config.rl.loss_type."""
+    return policy_loss if not name else registry.load(name, f"config.rl.policy_loss {name!r}")
 
 
 def token_weights(mask_NT, loss_type, *, max_len=None, num_sequences=None, num_tokens=None):

@@ -1,0 +1,182 @@
+"""The command line: every entry point (launch/*.py, the r1jax-* console scripts) is
+`main(command)` here, on absl flags with ml_collections configs.
+
+  r1jax-train --config=r1zero --workdir=/tmp/r1zero --config.rl.beta=0
+  python launch/train.py --config=configs/r1zero.py:model=DIR --workdir=gs://bucket/run
+
+--config takes a file (configs/r1zero.py) or a shipped config by name (r1zero), with ":args";
+--config.KEY=VALUE overrides any field (a mistyped key is a one-line error naming the nearest
+valid ones); --dry_run prints the resolved config and checks it without running. Several hosts:
+--coordinator=HOST:PORT --num_processes=N --process_id=I, or nothing on a Cloud TPU pod, under
+SLURM or Open MPI (r1jax.distributed); every process checks that all run the same code and
+config before anything compiles.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+
+import jax
+from absl import flags
+from ml_collections import config_flags
+
+from r1jax import configs, distributed, files
+from r1jax.errors import ConfigError
+
+# command -> (module, function, what it is)
+COMMANDS = {
+    "train": ("r1jax.stages.grpo", "run", "GRPO: R1-Zero and the RL stages of R1"),
+    "sft": ("r1jax.stages.sft", "run", "supervised fine-tuning / pretraining"),
+    "distill": ("r1jax.stages.pipeline", "run_distillation", "distillation (traces or logits)"),
+    "eval": ("r1jax.stages.evaluate", "run", "evaluation with R1's protocol"),
+    "rejection": ("r1jax.stages.rejection", "run", "rejection sampling into SFT data"),
+    "reward_model": ("r1jax.stages.reward_model", "run", "reward-model training"),
+    "pipeline": ("r1jax.stages.pipeline", "run_pipeline", "the four-stage R1 pipeline"),
+    "sample": ("r1jax.stages.sample", "run", "sample completions from a checkpoint"),
+}
+VALIDATORS = {"train": ("r1jax.stages.grpo", "validate")}
+
+
+def define_flags(fv: flags.FlagValues, command: str, *, with_config: bool = True):
+    if with_config:
+        config_flags.DEFINE_config_file(
+            "config", None, "a config file or shipped name, with :args", flag_values=fv
+        )
+        flags.DEFINE_string("workdir", None, "run directory (local or gs://)", flag_values=fv)
+        flags.DEFINE_bool("dry_run", False, "print the resolved config and stop", flag_values=fv)
+    flags.DEFINE_string("coordinator", "", "HOST:PORT of process 0 (multi-host)", flag_values=fv)
+    flags.DEFINE_integer("num_processes", 0, "processes in the job (multi-host)", flag_values=fv)
+    flags.DEFINE_integer("process_id", -1, "this process's index (multi-host)", flag_values=fv)
+    flags.DEFINE_integer("init_timeout_s", 300, "seconds to wait for the others", flag_values=fv)
+
+
+def _resolve_config_args(argv: list[str]) -> list[str]:
+    """--config=NAME[:args] -> the shipped file; a file path stays as it is."""
+    out = []
+    for i, a in enumerate(argv):
+        if a.startswith("--config="):
+            a = "--config=" + configs.resolve(a[len("--config=") :])
+        elif i and argv[i - 1] == "--config":
+            a = configs.resolve(a)
+        out.append(a)
+    return out
+
+
+def parse(argv: list[str], command: str = "train", fv: flags.FlagValues | None = None):
+    """(flag values) from a command line; errors are one line (SystemExit with the message)."""
+    fv = fv or flags.FlagValues()
+    define_flags(fv, command)
+    try:
+        argv = _resolve_config_args(list(argv))
+    except FileNotFoundError as e:
+        raise SystemExit(f"{argv[0] if argv else command}: {e}") from None
+    try:
+        fv(argv)
+    except (KeyError, AttributeError) as e:  # an override of a key the config does not have
+        raise SystemExit(_unknown_key(argv, e)) from None
+    except flags.Error as e:
+        raise SystemExit(f"{command}: {e}") from None
+    if fv["config"].value is None:
+        raise SystemExit(f"{command}: --config is required")
+    if not (fv.dry_run or fv.workdir or command == "sample"):
+        raise SystemExit(f"{command}: --workdir is required")
+    return fv
+
+
+def _unknown_key(argv, err) -> str:
+    spec = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), "")
+    try:
+        base = configs.load(spec)
+    except Exception:  # noqa: BLE001 (the config itself fails: report the original error)
+        return f"--config: {err}"
+    for a in argv:
+        if a.startswith("--config."):
+            key = a[len("--config.") :].split("=", 1)[0]
+            try:
+                configs.check_key(base, key, configs.path_of(spec))
+            except KeyError as e:
+                return str(e.args[0])
+    return f"--config: {err}"
+
+
+def start(fv) -> None:
+    """Joins the other processes (if any), then checks they run the same code and config."""
+    distributed.initialize(
+        fv.coordinator, fv.num_processes, fv.process_id, timeout_s=fv.init_timeout_s
+    )
+    distributed.check_same("the r1jax code", distributed.code_fingerprint())
+    if "config" in fv and fv["config"].value is not None:
+        c = fv["config"].value
+        distributed.check_same("the resolved config", c.to_json_best_effort(sort_keys=True))
+        cache = c.get("compilation_cache_dir", "")
+        if cache:
+            jax.config.update("jax_compilation_cache_dir", cache)
+
+
+def _call(command: str, table=COMMANDS):
+    module, fn, _ = table[command]
+    return getattr(importlib.import_module(module), fn)
+
+
+def run(command: str, config, workdir):
+    """Runs a command's stage; a run that fails before writing anything leaves no workdir."""
+    if workdir is None:
+        return _call(command)(config, None)
+    wd = files.path(workdir)
+    existed = wd.exists()
+    try:
+        return _call(command)(config, workdir)
+    except BaseException:
+        if not existed and distributed.is_main():
+            files.remove_if_empty(wd)
+        raise
+
+
+def _report(command: str, result) -> None:
+    if not distributed.is_main() or not isinstance(result, dict):
+        return
+    if command == "train":
+        print({k: round(v, 4) for k, v in result.items() if k.startswith(("eval/", "train/acc"))})
+    elif command in ("pipeline", "distill"):
+        for name, s in result.items():
+            print(f"{name:>16}: pass@1 {s['pass@1']:.3f}")
+    elif command == "eval":
+        print({k: round(v, 4) if isinstance(v, float) else v for k, v in result.items()
+               if k not in ("config", "model")})
+    elif command == "rejection":
+        print({k: result[k] for k in ("sampled", "kept", "dropped", "output")})
+
+
+def main(command: str, argv: list[str] | None = None) -> None:
+    """The entry point of `command` (see COMMANDS): parse, start, run, report."""
+    argv = list(sys.argv if argv is None else argv)
+    try:
+        fv = parse(argv, command, flags.FLAGS)
+    except SystemExit as e:
+        print(e, file=sys.stderr)
+        raise SystemExit(2) from None
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        start(fv)
+        config = fv.config
+        if fv.dry_run:
+            if command in VALIDATORS:
+                _call(command, {command: (*VALIDATORS[command], "")})(config)
+            print(config)
+            return
+        _report(command, run(command, config, fv.workdir))
+    except (ConfigError, ConnectionError) as e:  # the user's to fix: one line, no traceback
+        print(f"{command}: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def entry(command: str):
+    """A console-script function for `command`."""
+    return lambda: main(command)
+
+
+train, sft, distill, evaluate = entry("train"), entry("sft"), entry("distill"), entry("eval")
+rejection, reward_model, pipeline = entry("rejection"), entry("reward_model"), entry("pipeline")
+sample = entry("sample")

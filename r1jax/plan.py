@@ -1,0 +1,453 @@
+"""The memory planner: bytes per device of a GRPO run, from abstract shapes only.
+
+`plan(cfg, mesh, settings, target)` sizes each component on one device of a (possibly
+hypothetical) mesh: nothing is allocated and the target's devices need not exist here, since
+shardings come from `r1jax.sharding.logical_to_spec` on a `jax.sharding.AbstractMesh`.
+`recommend` tries the meshes a target allows; `check` turns a plan into an error or warnings.
+
+What is counted (c = bytes of cfg.dtype, p = bytes of cfg.param_dtype):
+  params      the parameters (p), sharded by sharding.RULES with its divisibility fallback.
+  opt_state   `optimizer.init` (default optax.adamw: mu and nu in the params' dtype, a count),
+              each leaf sharded like its parameter (via optax.tree_map_params).
+  grads       rl.update's float32 accumulation buffer plus the micro-batch gradient (p) added
+              into it; both sharded like the parameters.
+  ref_params  a second copy of the parameters when beta > 0.
+  kv_cache    the sampler's cache (c): k and v of each prompt's prefix [L,B,K,Dh,P] and each
+              row's suffix [L,N,K,Dh,T'] (T' = max_new_tokens rounded up to the decode chunk).
+              Rows follow the prompts, split over data*fsdp only when B divides
+              (runtime.put_prompts), else replicated; kv heads over tensor when K divides.
+  sampler     the rest of the rollout's peak, the larger of the prefill of one layer (B prompts
+              of P tokens, fp32 scores included) and the last decode-phase switch: the previous
+              suffix (~T'/2, live while copied into the larger one), three [N,V] fp32 logits
+              buffers and the [N,T'] token and log-prob buffers.
+  activations the peak of one training micro-batch's forward and backward: n rows per device
+              (micro_batch over the batch axes, logical_to_spec's fallback), S = P + T, Hq, Kt,
+              Ft the q heads, kv heads and MLP width per device. Per layer
+                lin = n*S*(3*D*c + 4*D + 3*(Hq+Kt)*Dh*c + 2*Ft*c)   residual, norm output, MLP
+                      input, an fp32 norm temporary; q,k,v, rotated q,k, attention output; the
+                      MLP's gate and up projections (its other values are rematerialised)
+                att = n*Hq*S^2*(4 + c)     the fp32 softmax and its cast, kept for p @ v
+                scores = n*Hq*S^2*4        the fp32 scores (forward) or their cotangent
+                w   = the layer's weights in c, gathered over fsdp (sharded over tensor)
+              saved (what the forward keeps) and work (one layer's backward pass):
+                no remat: saved = L*(lin + att) (+ all layers' c weight casts when c != p),
+                          work = lin + 2*scores + 2*w (scores and their cotangent; weights
+                          and their gradient)
+                remat:    saved = L*n*S*D*c (each layer's input),
+                          work = lin + att + scores + 2*w (the layer recomputed; the score
+                          cotangent reuses the recomputed scores' buffer)
+              activations = saved + [n,S,S] bool mask + max(work, logprobs): the log-prob head's
+              backward runs before the layers', so their peaks do not add. cfg.remat picks the
+              one in the total; both are reported. Attention is not fused: the S^2 terms dominate
+              long sequences.
+  logprobs    the log-prob head on the T completion positions: the final norm's [n,S,D] (c and
+              fp32), [n,T,D] hidden states and their cotangent, three fp32 [n,T,chunk] tensors
+              ([n,T,V] when V <= vocab_chunk) and, when chunked, the padded c copy of the
+              unembedding and its gradient (split like the vocabulary) and the chunk carries.
+
+Total = params + opt_state + ref_params + max(kv_cache + sampler, grads + activations): rollout
+and update do not overlap in time. Not counted: the optimizer update's temporaries, the scorer's
+forward passes (smaller than the update), XLA's scratch and fragmentation; on GPUs JAX
+preallocates 75% of memory unless XLA_PYTHON_CLIENT_MEM_FRACTION says otherwise.
+
+Against XLA's `memory_analysis()` on the CPU at small shapes (tests/test_plan.py), activations
+are within 0.85-1.2x of temp_size on one device and on a data-parallel mesh. With fsdp > 1 the
+CPU compile is up to ~2x larger: it computes the embedding lookup and the log-prob head for the
+whole micro-batch rather than its batch shard (no sharding constraint on the hidden states).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import os
+import re
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from r1jax import sharding as shd
+from r1jax.models import transformer as tfm
+from r1jax.models.config import ModelConfig
+
+GiB = 1024**3
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """The GRPO settings that size memory. prompt_len is the padded (bucketed) length."""
+
+    num_prompts: int = 32  # B
+    group_size: int = 16  # G
+    prompt_len: int = 1024  # P
+    max_new_tokens: int = 31_744  # T
+    micro_batch: int = 8  # rows per forward/backward, over the whole mesh
+    beta: float = 0.001  # > 0 keeps a reference model
+    vocab_chunk: int = 8192
+    decode_chunk: int = 32  # rollout.chunk: T is padded to a multiple of it
+
+    def __post_init__(self):
+        for f in ("num_prompts", "group_size", "prompt_len", "max_new_tokens", "micro_batch"):
+            if getattr(self, f) <= 0:
+                raise ValueError(f"Settings.{f} must be positive, got {getattr(self, f)}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    name: str
+    kind: str  # device kind, e.g. "TPU v5p"
+    num_devices: int  # chips (TPU) or GPUs
+    memory_bytes: int  # per device
+    per_host: int  # devices per host
+
+
+# kind, devices per host, memory per device. v5p: 95 GiB HBM per chip, and its slice suffix
+# counts TensorCores (2 per chip): v5p-128 is 64 chips. v5e/v6e suffixes count chips (16 and
+# 32 GiB); slices up to 8 chips are one host, larger ones have 4 chips per host. H100: 80 GiB;
+# H200: 141 GB nominal, taken as 141e9 bytes (nvidia-smi shows a little more).
+_TARGETS = {
+    "v5p": ("TPU v5p", 4, 95 * GiB),
+    "v5e": ("TPU v5e", 4, 16 * GiB),
+    "v6e": ("TPU v6e", 4, 32 * GiB),
+    "h100": ("H100", 8, 80 * GiB),
+    "h200": ("H200", 8, 141 * 10**9),
+}
+
+
+def target(name: str) -> Target:
+    """Parses "v5p-N" (N TensorCores), "v5e-N", "v6e-N" (N chips), "h100xN", "h200xN", "cpu"."""
+    if name == "cpu":
+        mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        return Target(name, "cpu", 1, mem, 1)
+    m = re.fullmatch(r"(v5p|v5e|v6e)-(\d+)|(h100|h200)x(\d+)", name)
+    if not m:
+        raise ValueError(f"target {name!r}: expected v5p-N, v5e-N, v6e-N, h100xN, h200xN or cpu")
+    family, n = (m[1], int(m[2])) if m[1] else (m[3], int(m[4]))
+    if n <= 0 or (family == "v5p" and n % 2):
+        raise ValueError(f"target {name!r}: bad size {n} (v5p counts 2 TensorCores per chip)")
+    kind, per_host, mem = _TARGETS[family]
+    chips = n // 2 if family == "v5p" else n
+    per_host = chips if family in ("v5e", "v6e") and chips <= 8 else min(per_host, chips)
+    if chips % per_host:
+        raise ValueError(f"target {name!r}: {chips} devices do not fill hosts of {per_host}")
+    return Target(name, kind, chips, mem, per_host)
+
+
+_target = target  # the functions below take a parameter named `target`
+
+
+def abstract_mesh(shape: dict[str, int]) -> jax.sharding.AbstractMesh:
+    """A device-free mesh over MESH_AXES; axes not named have size 1."""
+    bad = set(shape) - set(shd.MESH_AXES)
+    if bad:
+        raise ValueError(f"mesh axes {sorted(bad)} unknown; expected {shd.MESH_AXES}")
+    return jax.sharding.AbstractMesh(
+        tuple(int(shape.get(a, 1)) for a in shd.MESH_AXES), shd.MESH_AXES
+    )
+
+
+def _local_shape(axes, shape, mesh) -> list[int]:
+    """Per-device shape of a tensor with the given logical axes."""
+    out = []
+    for dim, entry in zip(shape, shd.logical_to_spec(axes, shape, mesh)):
+        names = () if entry is None else ((entry,) if isinstance(entry, str) else entry)
+        out.append(dim // math.prod(mesh.shape[a] for a in names))
+    return out
+
+
+def _local(axis: str, dim: int, mesh) -> int:
+    return _local_shape((axis,), (dim,), mesh)[0]
+
+
+def _shard_bytes(shape, dtype, axes, mesh) -> int:
+    return math.prod(_local_shape(axes, shape, mesh)) * jnp.dtype(dtype).itemsize
+
+
+def param_bytes(cfg: ModelConfig, mesh, dtype=None, only_layers: bool = False) -> int:
+    """Bytes per device of the parameters (or a like-sharded tree in `dtype`)."""
+    specs = tfm.param_specs(cfg)
+    specs = specs["layers"] if only_layers else specs
+    leaves = jax.tree.leaves(specs, is_leaf=lambda x: isinstance(x, tfm.ParamSpec))
+    dtype = dtype or cfg.param_dtype
+    return sum(_shard_bytes(s.shape, dtype, s.axes, mesh) for s in leaves)
+
+
+def opt_state_bytes(cfg: ModelConfig, mesh, optimizer=None) -> int:
+    """Bytes per device of optimizer.init(params), each state leaf sharded like its parameter."""
+    if optimizer is None:
+        optimizer, state = optax.adamw(1e-3), _adamw_state(cfg)
+    else:
+        state = jax.eval_shape(optimizer.init, tfm.abstract_params(cfg))
+    sizes = optax.tree_map_params(
+        optimizer,
+        lambda x, spec: _shard_bytes(x.shape, x.dtype, spec.axes, mesh),
+        state,
+        tfm.param_specs(cfg),
+        transform_non_params=lambda x: math.prod(x.shape) * x.dtype.itemsize,
+        is_leaf=lambda x: isinstance(x, tfm.ParamSpec),
+    )
+    return sum(jax.tree.leaves(sizes))
+
+
+@functools.lru_cache(maxsize=16)
+def _adamw_state(cfg: ModelConfig):
+    return jax.eval_shape(optax.adamw(1e-3).init, tfm.abstract_params(cfg))
+
+
+def kv_cache_bytes(cfg: ModelConfig, mesh, s: Settings) -> int:
+    """Prefix [L,B,K,Dh,P] + suffix [L,N,K,Dh,T'] caches (k and v) and their small fields."""
+    b, t_pad = _prompts_local(mesh, s), _t_pad(s)
+    kt, c = _local("kv_heads", cfg.n_kv_heads, mesh), jnp.dtype(cfg.dtype).itemsize
+    per_pos = 2 * cfg.n_layers * kt * cfg.head_dim * c
+    prefix = b * s.prompt_len * (per_pos + 1) + b * 4  # + bool mask, int32 length
+    return prefix + b * s.group_size * t_pad * per_pos + 4  # + int32 index
+
+
+def _t_pad(s: Settings) -> int:
+    return -(-s.max_new_tokens // s.decode_chunk) * s.decode_chunk
+
+
+def _prompts_local(mesh, s: Settings) -> int:
+    div = mesh.shape["data"] * mesh.shape["fsdp"]
+    return s.num_prompts // div if s.num_prompts % div == 0 else s.num_prompts
+
+
+def _layer(cfg: ModelConfig, mesh, n: int, S: int) -> dict[str, int]:
+    """Terms of one layer at n rows of length S (see the module docstring)."""
+    c = jnp.dtype(cfg.dtype).itemsize
+    D, Dh = cfg.d_model, cfg.head_dim
+    hq, kt = _local("q_heads", cfg.n_heads, mesh), _local("kv_heads", cfg.n_kv_heads, mesh)
+    ft = _local("mlp", cfg.d_ff, mesh)
+    gathered = abstract_mesh({"tensor": mesh.shape["tensor"]})  # weights gathered over fsdp
+    return {
+        "lin": n * S * (3 * D * c + 4 * D + 3 * (hq + kt) * Dh * c + 2 * ft * c),
+        "att": n * hq * S * S * (4 + c),
+        "scores": n * hq * S * S * 4,
+        "weights": param_bytes(cfg, gathered, cfg.dtype, only_layers=True) // cfg.n_layers,
+        "mask": n * S * S,
+    }
+
+
+def activation_bytes(cfg: ModelConfig, mesh, s: Settings, remat: bool) -> int:
+    """Peak activations of one training micro-batch, log-prob head included: what the forward
+    pass saves, plus the larger of the head's peak and one layer's backward pass."""
+    n, S = _local("batch", s.micro_batch, mesh), s.prompt_len + s.max_new_tokens
+    lay = _layer(cfg, mesh, n, S)
+    work = lay["scores"] + 2 * lay["weights"]  # fp32 scores; the weights and their gradient
+    if remat:
+        saved = cfg.n_layers * n * S * cfg.d_model * jnp.dtype(cfg.dtype).itemsize
+        work += lay["lin"] + lay["att"]  # the layer's recomputed forward; it then frees its
+        # scores' buffer for their cotangent, so no second `scores`
+    else:
+        casts = param_bytes(cfg, mesh, cfg.dtype, True) if cfg.dtype != cfg.param_dtype else 0
+        saved = cfg.n_layers * (lay["lin"] + lay["att"]) + casts
+        work += lay["lin"] + lay["scores"]  # the score cotangent, linear-size cotangents
+    return saved + lay["mask"] + max(work, logprob_bytes(cfg, mesh, s))
+
+
+def logprob_bytes(cfg: ModelConfig, mesh, s: Settings) -> int:
+    """The final norm and the chunked log-prob head (and entropy) of one micro-batch."""
+    n, T, S = (
+        _local("batch", s.micro_batch, mesh),
+        s.max_new_tokens,
+        s.prompt_len + s.max_new_tokens,
+    )
+    c, D, V = jnp.dtype(cfg.dtype).itemsize, cfg.d_model, cfg.vocab_size
+    out = n * S * D * (c + 4) + 2 * n * T * D * c
+    if V <= s.vocab_chunk:
+        return out + 3 * n * T * V * 4
+    chunks = -(-V // s.vocab_chunk)
+    w_copy = 2 * chunks * s.vocab_chunk * D * c * _local("vocab", V, mesh) // V
+    return out + 3 * n * T * s.vocab_chunk * 4 + w_copy + chunks * 4 * n * T * 4
+
+
+def sampler_bytes(cfg: ModelConfig, mesh, s: Settings) -> int:
+    """The rollout's peak besides the KV cache: prefill of one layer, or the last phase switch."""
+    b, t_pad, c = _prompts_local(mesh, s), _t_pad(s), jnp.dtype(cfg.dtype).itemsize
+    pre = _layer(cfg, mesh, b, s.prompt_len)
+    n = b * s.group_size
+    kt = _local("kv_heads", cfg.n_kv_heads, mesh)
+    prev = -(-t_pad // 2 // s.decode_chunk) * s.decode_chunk if t_pad > s.decode_chunk else 0
+    grow = 2 * cfg.n_layers * n * kt * cfg.head_dim * prev * c
+    logits = 3 * n * _local("vocab", cfg.vocab_size, mesh) * 4
+    prefill = pre["lin"] + pre["att"] + pre["scores"] + pre["weights"] + pre["mask"]
+    return max(prefill, grow + logits + n * t_pad * 8)
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """Bytes per device of each component, on `mesh` of `target`."""
+
+    label: str
+    target: Target
+    mesh: dict[str, int]
+    remat: bool
+    params: int
+    opt_state: int
+    grads: int
+    ref_params: int
+    kv_cache: int
+    sampler: int
+    activations_remat: int
+    activations_no_remat: int
+    logprobs: int
+
+    @property
+    def activations(self) -> int:
+        return self.activations_remat if self.remat else self.activations_no_remat
+
+    @property
+    def rollout(self) -> int:
+        return self.kv_cache + self.sampler
+
+    @property
+    def update(self) -> int:
+        return self.grads + self.activations
+
+    @property
+    def total(self) -> int:
+        return self.params + self.opt_state + self.ref_params + max(self.rollout, self.update)
+
+    @property
+    def device_memory(self) -> int:
+        return self.target.memory_bytes
+
+    @property
+    def fits(self) -> bool:
+        return self.total <= self.device_memory
+
+
+def plan(
+    cfg: ModelConfig,
+    mesh: dict[str, int],
+    settings: Settings,
+    target: Target | str,
+    *,
+    optimizer=None,
+    label: str = "",
+) -> Plan:
+    """Per-device memory of a GRPO run of `cfg` on `mesh` (axis -> size) of `target`."""
+    tgt = _target(target) if isinstance(target, str) else target
+    am = abstract_mesh(mesh)
+    if am.size != tgt.num_devices:
+        raise ValueError(f"mesh {mesh} has {am.size} devices; {tgt.name} has {tgt.num_devices}")
+    params = param_bytes(cfg, am)
+    return Plan(
+        label=label,
+        target=tgt,
+        mesh={a: am.shape[a] for a in shd.MESH_AXES},
+        remat=cfg.remat,
+        params=params,
+        opt_state=opt_state_bytes(cfg, am, optimizer),
+        grads=param_bytes(cfg, am, "float32") + params,
+        ref_params=params if settings.beta > 0 else 0,
+        kv_cache=kv_cache_bytes(cfg, am, settings),
+        sampler=sampler_bytes(cfg, am, settings),
+        activations_remat=activation_bytes(cfg, am, settings, remat=True),
+        activations_no_remat=activation_bytes(cfg, am, settings, remat=False),
+        logprobs=logprob_bytes(cfg, am, settings),
+    )
+
+
+def _gib(n: int) -> str:
+    return f"{n / GiB:.1f}"
+
+
+def check(p: Plan) -> list[str]:
+    """Raises when parameters + optimizer state alone exceed device memory; else warnings."""
+    mem = p.device_memory
+    if p.params + p.opt_state > mem:
+        raise ValueError(
+            f"{p.label or 'model'} on {p.target.name} mesh {p.mesh}: params {_gib(p.params)} GiB"
+            f" + opt_state {_gib(p.opt_state)} GiB exceed device memory {_gib(mem)} GiB"
+        )
+    if p.total <= mem:
+        return []
+    warnings = [
+        f"total {_gib(p.total)} GiB > device memory {_gib(mem)} GiB (params {_gib(p.params)},"
+        f" opt {_gib(p.opt_state)}, ref {_gib(p.ref_params)}, rollout {_gib(p.rollout)},"
+        f" update {_gib(p.update)})"
+    ]
+    if not p.remat and p.activations_remat < p.activations_no_remat:
+        warnings.append(
+            f"remat is off: activations {_gib(p.activations_no_remat)} GiB, with remat "
+            f"{_gib(p.activations_remat)} GiB"
+        )
+    return warnings
+
+
+def candidate_meshes(cfg: ModelConfig, tgt: Target) -> list[dict[str, int]]:
+    """data across hosts, fsdp and tensor within: tensor in {1,2,4,8} dividing the heads and
+    the devices of a host, data any divisor of the host count, fsdp the rest."""
+    hosts = tgt.num_devices // tgt.per_host
+    out = []
+    for t in (1, 2, 4, 8):
+        if t > tgt.per_host or tgt.per_host % t or cfg.n_heads % t:
+            continue
+        for d in (d for d in range(1, hosts + 1) if hosts % d == 0):
+            out.append({"data": d, "fsdp": tgt.num_devices // (d * t), "tensor": t})
+    return out
+
+
+def recommend(
+    cfg: ModelConfig, target: Target | str, settings: Settings, *, optimizer=None, label=""
+) -> tuple[Plan, str]:
+    """The feasible candidate mesh with the least memory (else the least-memory one), and why."""
+    tgt = _target(target) if isinstance(target, str) else target
+    plans = [
+        plan(cfg, m, settings, tgt, optimizer=optimizer, label=label)
+        for m in candidate_meshes(cfg, tgt)
+    ]
+    # Least memory first; on a tie more data parallelism and less tensor parallelism.
+    best = min(plans, key=lambda p: (not p.fits, p.total, -p.mesh["data"], p.mesh["tensor"]))
+    mesh = ",".join(f"{a}={n}" for a, n in best.mesh.items())
+    if best.fits:
+        why = f"fits: {_gib(best.total)} of {_gib(best.device_memory)} GiB on {mesh}"
+    else:
+        parts = {
+            "params+opt+ref": best.params + best.opt_state + best.ref_params,
+            "rollout": best.rollout,
+            "update": best.update,
+        }
+        worst = max(parts, key=parts.get)
+        why = (
+            f"nothing fits: least is {_gib(best.total)} > {_gib(best.device_memory)} GiB on "
+            f"{mesh}; largest part {worst} {_gib(parts[worst])} GiB"
+        )
+    return best, why + f" ({len(plans)} meshes tried)"
+
+
+_COLUMNS = (
+    ("params", "params"),
+    ("opt", "opt_state"),
+    ("grads", "grads"),
+    ("ref", "ref_params"),
+    ("kv", "kv_cache"),
+    ("sampler", "sampler"),
+    ("act", "activations"),
+    ("act-remat", "activations_remat"),
+    ("act-full", "activations_no_remat"),
+    ("logp", "logprobs"),
+    ("total", "total"),
+    ("memory", "device_memory"),
+)
+
+
+def format_table(plans) -> str:
+    """A plain-text table (GiB per device) of plans, one per line."""
+    head = ["model", "target", "data/fsdp/tensor", *(c for c, _ in _COLUMNS), "fits"]
+    rows = [
+        [
+            p.label,
+            p.target.name,
+            "/".join(str(p.mesh[a]) for a in shd.MESH_AXES),
+            *(_gib(getattr(p, f)) for _, f in _COLUMNS),
+            "yes" if p.fits else "NO",
+        ]
+        for p in plans
+    ]
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
+    lines = ["  ".join(x.rjust(w) for x, w in zip(r, widths)) for r in [head, *rows]]
+    return "\n".join(lines[:1] + ["-" * len(lines[0])] + lines[1:])

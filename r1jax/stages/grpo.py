@@ -1,0 +1,459 @@
+"""GRPO (R1-Zero, and the RL stages of R1): a loss and a data flow handed to the update builder
+and the loop.
+
+One step (shared/DESIGN.md, "One GRPO step, as data"): questions -> template -> token ids ->
+group rollout (B prompts x G samples) -> rewards in worker processes (overlapped with the
+reference / old-policy scoring on device) -> group advantages (optionally dropping zero-variance
+groups and drawing more: DAPO's dynamic sampling) -> minibatches -> jitted sharded updates
+(num_epochs x num_minibatches) -> metrics, samples. The loop (r1jax/loop.py) adds evaluation,
+logging, checkpoints and the exported model.
+
+Multi-host: each process owns whole prompt groups (r1jax.rollout.my_prompts); it encodes,
+scores and turns into training rows only its own; metrics are sums over every host's rows.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from r1jax import distributed, evaluation, loop, optim, rollout, update
+from r1jax import sharding as shd
+from r1jax.data import DataIterator, load_dataset, templates
+from r1jax.errors import ConfigError
+from r1jax.metrics import Timer
+from r1jax.models import store
+from r1jax.models import transformer as tfm
+from r1jax.rewards import get_reward_fn
+from r1jax.rl import experience, losses
+from r1jax.tokenizer import load_tokenizer
+
+STEP_METRICS = ("loss", "kl", "clip_frac", "clip_frac_low", "clip_frac_high", "entropy")
+STEP_METRICS += ("grad_norm", "sampler_logp_gap")
+
+
+def _need(cond: bool, field: str, msg: str):
+    if not cond:
+        raise ConfigError(f"config.{field}: {msg}")
+
+
+def validate(c, mesh=None) -> None:
+    """Errors naming the field, before anything is loaded or compiled; with a mesh, also that
+    the batches split over its batch axes and its processes."""
+    s, rl = c.sampling, c.rl
+    B, G = s.num_prompts, s.num_samples
+    _need(B > 0, "sampling.num_prompts", f"must be positive, got {B}")
+    _need(G >= 2, "sampling.num_samples", f"GRPO needs >= 2 samples per prompt, got {G}")
+    _need(s.max_new_tokens > 0, "sampling.max_new_tokens", "must be positive")
+    N = B * G
+    _need(
+        rl.num_minibatches > 0 and N % rl.num_minibatches == 0,
+        "rl.num_minibatches",
+        f"{rl.num_minibatches} does not divide the rollout of {B} x {G} = {N} completions",
+    )
+    M = N // rl.num_minibatches
+    _need(
+        c.micro_batch > 0 and M % c.micro_batch == 0,
+        "micro_batch",
+        f"{c.micro_batch} does not divide the minibatch of {M} completions "
+        f"({N} / rl.num_minibatches={rl.num_minibatches})",
+    )
+    _need(rl.num_epochs >= 1, "rl.num_epochs", "must be >= 1")
+    _need(rl.max_gen_batches >= 1, "rl.max_gen_batches", "must be >= 1")
+    _need(rl.ref_reset_every >= 0, "rl.ref_reset_every", "must be >= 0 (0: never)")
+    try:
+        losses.loss_config_from(rl)
+    except ValueError as e:
+        raise ConfigError(f"config.rl: {e}") from None
+    _need(len(c.rewards) > 0, "rewards", "configure at least one reward function")
+    for label, spec in c.rewards.items():
+        try:
+            get_reward_fn(spec.name, **dict(spec.get("kwargs", {}) or {}))
+        except (ValueError, TypeError) as e:
+            raise ConfigError(f"config.rewards.{label}: {e}") from None
+    e = c.eval.sampling
+    _need(e.num_samples >= 1 and e.num_prompts >= 1, "eval.sampling", "num_samples, num_prompts >= 1")
+    for f in ("steps", "log_every", "ckpt_every"):
+        _need(c[f] >= 1, f, "must be >= 1")
+    if mesh is None:
+        return
+    d, n = shd.batch_divisor(mesh), distributed.process_count()
+    _need(
+        c.micro_batch % d == 0,
+        "micro_batch",
+        f"{c.micro_batch} rows do not split over the mesh's {d} batch shards "
+        f"(config.mesh={tuple(map(tuple, c.mesh))})",
+    )
+    rollout.my_prompts(mesh, B)
+    if c.get("eval_every", 0):
+        rollout.my_prompts(mesh, e.num_prompts, "config.eval.sampling.num_prompts")
+    _need(B * G % d == 0 and (B * G // d) % rl.num_minibatches == 0, "rl.num_minibatches",
+          f"each of the mesh's {d} batch shards holds {B * G // max(d, 1)} rows, which do not "
+          f"split into {rl.num_minibatches} minibatches ({n} processes)")
+
+
+def grpo_loss(params, mb, ctx, *, cfg, loss_cfg, policy_loss, prompt_len, temperature, vocab_chunk):
+    """One micro-batch's share of the GRPO loss, and its metrics (entropy, sampler gap)."""
+    del ctx
+    logp, ent = tfm.target_logprobs(
+        params,
+        mb["tokens"],
+        tfm.positions_from_mask(mb["attn"]),
+        mb["attn"],
+        cfg,
+        first=prompt_len,
+        temperature=temperature,
+        vocab_chunk=vocab_chunk,
+        with_entropy=True,
+    )
+    loss, metrics = policy_loss(
+        logp, mb.get("old_logp"), mb.get("ref_logp"), mb["adv"], mb["mask"], mb["weight"], loss_cfg
+    )
+    m = mb["mask"].astype(jnp.float32)
+    metrics["entropy"] = ((jax.lax.stop_gradient(ent) * m).sum(), m.sum())
+    gap = jnp.abs(jax.lax.stop_gradient(logp) - mb["sampler_logp"]) * m
+    metrics["sampler_logp_gap"] = (gap.sum(), m.sum())
+    metrics["sampler_logp_gap_max"] = (gap.max(), m.sum())
+    return loss, metrics
+
+
+def token_weights(batch, *, loss_type, max_len):
+    """`prepare` for the update: the loss normaliser of the whole minibatch, per token."""
+    mask = batch["mask"]
+    w = losses.token_weights(mask.reshape(-1, mask.shape[-1]), loss_type, max_len=max_len)
+    return {**batch, "weight": w.reshape(mask.shape)}, {}
+
+
+def frozen_logprobs(params, mb, *, cfg, prompt_len, temperature, vocab_chunk):
+    """Reference / old-policy log-probs of one micro-batch (masked)."""
+    logp, _ = tfm.target_logprobs(
+        params,
+        mb["tokens"],
+        tfm.positions_from_mask(mb["attn"]),
+        mb["attn"],
+        cfg,
+        first=prompt_len,
+        temperature=temperature,
+        vocab_chunk=vocab_chunk,
+    )
+    return logp * mb["mask"]
+
+
+class GRPO:
+    """What a GRPO run holds; `run()` trains. Usable from notebooks step by step."""
+
+    def __init__(self, config, workdir):
+        c = self.c = config
+        validate(c)
+        self.workdir = workdir
+        self.mesh = shd.make_mesh(c.mesh)
+        validate(c, self.mesh)
+        self.cfg, params, tok_dir = store.load_or_init(c.model, self.mesh, seed=c.seed)
+        self.tok_dir = c.tokenizer.get("path") or tok_dir
+        if not self.tok_dir:
+            raise ConfigError("config.tokenizer.path: the model directory has no tokenizer")
+        self.tok = load_tokenizer(self.tok_dir)
+        if self.tok.vocab_size > self.cfg.vocab_size:
+            raise ConfigError(
+                f"config.tokenizer: {self.tok.vocab_size} tokens, the model only "
+                f"{self.cfg.vocab_size} (config.tokenizer.path / config.model.init)"
+            )
+        d, kw = c.data, dict(c.data.get("kwargs", {}) or {})
+        self.template = templates.get_template(d.template, **dict(d.template_kwargs))
+        self.it = DataIterator(
+            load_dataset(d.name, d.split, seed=c.seed, **kw), c.sampling.num_prompts, seed=c.seed
+        )
+        eval_all = load_dataset(d.name, d.eval_split, seed=c.seed, **kw)
+        self.eval_data = [eval_all[i] for i in range(min(c.eval.num_questions, len(eval_all)))]
+        self.stack = rollout.reward_stack(c)
+        self.loss_cfg = losses.loss_config_from(c.rl)
+        self.policy_loss = losses.get_policy_loss(c.rl.get("policy_loss", ""))
+        c.optim.total_steps = c.optim.total_steps or c.steps
+        self.optimizer, self.schedule = optim.make_optimizer(c.optim)
+        self.s_train = rollout.sampling_config(c.sampling, self.tok)
+        self.s_eval = rollout.sampling_config(c.eval.sampling, self.tok)
+        self.mine = rollout.my_prompts(self.mesh, c.sampling.num_prompts)
+        state = {
+            "train": update.init_state(params, self.optimizer, self.mesh),
+            "rng": distributed.from_host(
+                jax.random.key_data(jax.random.key(c.seed)), shd.replicated(self.mesh)
+            ),
+        }
+        if self.loss_cfg.beta > 0:
+            state["ref"] = jax.tree.map(jnp.copy, params)
+        self.state = state
+        self.fns: dict = {}  # ("score" | "train", prompt length) -> jitted function
+        self.timer = Timer()
+
+    # -- jitted functions, built on first use for each prompt-length bucket ----------------------
+    def _kw(self, P):
+        return dict(
+            cfg=self.cfg,
+            prompt_len=P,
+            temperature=self.s_train.temperature or 1.0,
+            vocab_chunk=self.c.vocab_chunk,
+        )
+
+    def _scorer(self, P, batch_sh):
+        if ("score", P) not in self.fns:
+            self.fns["score", P] = update.make_scorer(
+                functools.partial(frozen_logprobs, **self._kw(P)),
+                param_shardings=update.shardings_of(self.state["train"]["params"]),
+                batch_shardings=batch_sh,
+            )
+        return self.fns["score", P]
+
+    def _train_fn(self, P, batch_sh):
+        if ("train", P) not in self.fns:
+            self.fns["train", P] = update.make_train_step(
+                functools.partial(
+                    grpo_loss, loss_cfg=self.loss_cfg, policy_loss=self.policy_loss, **self._kw(P)
+                ),
+                self.optimizer,
+                state_shardings=update.shardings_of(self.state["train"]),
+                batch_shardings=batch_sh,
+                prepare=functools.partial(
+                    token_weights,
+                    loss_type=self.loss_cfg.loss_type,
+                    max_len=self.c.sampling.max_new_tokens,
+                ),
+            )
+        return self.fns["train", P]
+
+    # -- one step -----------------------------------------------------------------------------
+    def _draw(self, step: int, draw: int, state, wait: bool = True) -> dict:
+        """One rollout of this process's prompts x G samples; rewards are computed in the reward
+        workers (with wait=False, still running when this returns: see `_rewards`)."""
+        c, G = self.c, self.c.sampling.num_samples
+        examples = self.it.next_part(self.mine.start, self.mine.stop)
+        with self.timer("rollout"):
+            texts, tokens, mask = rollout.encode_prompts(
+                examples, self.template, self.tok, c.sampling.max_prompt_len
+            )
+            key = jax.random.wrap_key_data(distributed.fetch(state["rng"]))
+            key = jax.random.fold_in(jax.random.fold_in(key, step), draw)
+            out = rollout.generate(
+                state["train"]["params"],
+                self.cfg,
+                self.s_train,
+                tokens,
+                mask,
+                key,
+                mesh=self.mesh,
+                num_prompts=c.sampling.num_prompts,
+                group_size=G,
+            )
+            comps = rollout.decode_completions(out, self.tok)
+        prompts = [t for t in texts for _ in range(G)]
+        future = self.stack.submit(prompts, comps, rollout.reward_fields(examples, G, out))
+        d = {
+            **experience.make_rows(tokens, mask, out, G),
+            "truncated": out["truncated"],
+            "prompt": np.asarray(prompts, object),
+            "completion": np.asarray(comps, object),
+        }
+        if wait:
+            self._rewards(d, future)
+        else:  # the caller scores on device meanwhile, then calls _rewards
+            d["future"] = future
+        return d
+
+    def _rewards(self, d: dict, future) -> None:
+        """Waits for a draw's rewards (worker processes) and adds them to it."""
+        with self.timer("reward"):
+            res = future.result()
+        d.update(
+            total=res.total,
+            correct=res.correct,
+            counters=res.counters,
+            **{f"reward/{k}": v for k, v in res.per_fn.items()},
+        )
+
+    def _rollout(self, step: int, state) -> tuple[dict, int]:
+        """This process's groups to train on. With dynamic sampling (DAPO), groups whose rewards
+        are all equal are dropped and more prompts drawn, up to rl.max_gen_batches draws, until
+        every host has its quota (hosts agree with a collective); if still short, the batch is
+        filled with dropped groups (zero advantage: they add no gradient)."""
+        c, G = self.c, self.c.sampling.num_samples
+        B = self.mine.stop - self.mine.start
+        if not c.rl.dynamic_sampling:  # rewards finish while the device scores
+            return self._draw(step, 0, state, wait=False), 1
+        draws, kept, dropped = [], [], []
+        while len(draws) < max(1, c.rl.max_gen_batches):
+            d = self._draw(step, len(draws), state)
+            total = d["total"].reshape(B, G)
+            varied = np.nanmax(total, 1) > np.nanmin(total, 1)
+            for g in range(B):
+                (kept if varied[g] else dropped).append(len(draws) * B + g)
+            draws.append(d)
+            if not distributed.any_true(len(kept) < B):  # every host has enough groups
+                break
+        groups = np.asarray((kept + dropped)[:B])
+        exp = {k: np.concatenate([d[k] for d in draws]) for k in draws[0] if k != "counters"}
+        exp = experience.select_groups(exp, groups, G)
+        exp["counters"] = draws[-1]["counters"]
+        return exp, len(draws)
+
+    def step(self, step: int, state):
+        """One loop step: (state, global metrics, this process's samples)."""
+        c, rl, G = self.c, self.c.rl, self.c.sampling.num_samples
+        exp, draws = self._rollout(step, state)
+        rows = {k: exp[k] for k in ("tokens", "attn", "mask", "sampler_logp")}
+        P = rows["tokens"].shape[1] - c.sampling.max_new_tokens
+        train = state["train"]
+        with self.timer("score"):  # reference and old-policy log-probs, once per rollout
+            batch, sh = update.put_batch(
+                self.mesh, {k: rows[k] for k in ("tokens", "attn", "mask")}, c.micro_batch
+            )
+            if rl.num_minibatches > 1 or rl.num_epochs > 1:  # else on-policy: old = current
+                rows["old_logp"] = update.unsplit(self._scorer(P, sh)(train["params"], batch))
+            if "ref" in state:
+                rows["ref_logp"] = update.unsplit(self._scorer(P, sh)(state["ref"], batch))
+        if "future" in exp:
+            self._rewards(exp, exp.pop("future"))
+        batch_std = self._batch_std(exp["total"]) if rl.adv_scale == "batch" else None
+        adv, adv_stats = experience.group_advantages(exp["total"], rl, G, batch_std)
+        rows["adv"] = np.asarray(adv, np.float32)
+        rng = np.random.default_rng([c.seed, step])
+        d, blocks, updates = shd.batch_divisor(self.mesh), self._blocks(), []
+        with self.timer("update"):
+            for _ in range(rl.num_epochs):
+                for mb in experience.minibatches(rows, rl.num_minibatches, blocks, d, rng):
+                    batch, sh = update.put_batch(self.mesh, mb, c.micro_batch)
+                    train, m = self._train_fn(P, sh)(train, batch)
+                    updates.append(m)
+            updates = distributed.fetch(updates)
+        state = {**state, "train": train}
+        if rl.ref_reset_every and "ref" in state and step % rl.ref_reset_every == 0:
+            state["ref"] = jax.tree.map(jnp.copy, train["params"])
+        exp["adv"] = rows["adv"]
+        return state, self._metrics(exp, adv_stats, updates, draws, train), self._samples(exp)
+
+    def _blocks(self) -> range:
+        """The mesh's batch shards (device blocks of rows) that hold this process's rows."""
+        d, B = shd.batch_divisor(self.mesh), self.c.sampling.num_prompts
+        return range(self.mine.start * d // B, self.mine.stop * d // B)
+
+    def _batch_std(self, total) -> float:
+        ok = np.isfinite(total)
+        s = distributed.all_sum({"n": ok.sum(), "sum": np.where(ok, total, 0).sum()})
+        mean = s["sum"] / max(s["n"], 1)
+        sq = distributed.all_sum({"sq": np.where(ok, (total - mean) ** 2, 0).sum()})["sq"]
+        return float(np.sqrt(sq / max(s["n"] - 1, 1)))
+
+    def _metrics(self, exp, adv_stats, updates, draws, train) -> dict:
+        """Global metrics: every mean is a sum over every host's rows over a global count."""
+        total, ok = exp["total"], np.isfinite(exp["total"])
+        lengths = exp["mask"].sum(1)
+        G = self.c.sampling.num_samples
+        sums = {
+            "n": len(total),
+            "n_ok": ok.sum(),
+            "reward": np.where(ok, total, 0).sum(),
+            "correct": exp["correct"].sum(),
+            "length": lengths.sum(),
+            "truncated": exp["truncated"].sum(),
+            "groups": len(total) // G,
+            "flat": float(adv_stats["frac_zero_std"]) * (len(total) // G),
+        }
+        rewards = sorted(k for k in exp if k.startswith("reward/"))
+        for k in rewards:
+            v = exp[k]
+            sums[f"{k}/sum"], sums[f"{k}/n"] = np.where(np.isfinite(v), v, 0).sum(), np.isfinite(v).sum()
+        for name, v in exp["counters"].items():
+            sums[f"count/{name}"] = v
+        g = distributed.all_sum(sums)
+        mean = g["reward"] / max(g["n_ok"], 1) if g["n_ok"] else float("nan")
+        sq = distributed.all_sum({"sq": np.where(ok, (total - mean) ** 2, 0).sum()})["sq"]
+        t = self.timer.pop()
+        m = {
+            "train/reward": mean,
+            "train/reward_std": float(np.sqrt(sq / g["n_ok"])) if g["n_ok"] else float("nan"),
+            "train/accuracy": g["correct"] / g["n"],
+            "train/completion_len": g["length"] / g["n"],
+            "train/truncated_frac": g["truncated"] / g["n"],
+            "train/frac_zero_std": g["flat"] / g["groups"],
+            "train/skipped_updates": float(sum(u["skipped"] for u in updates)),
+            "train/lr": float(self.schedule(max(int(distributed.fetch(train["step"])) - 1, 0))),
+            "train/gen_batches": float(draws),
+            "perf/rollout_tokens_per_s": g["length"] / max(t.get("rollout", 0.0), 1e-9),
+        }
+        for k in STEP_METRICS:
+            m[f"train/{k}"] = float(np.mean([u[k] for u in updates])) if k in updates[0] else float("nan")
+        for phase in ("rollout", "reward", "score", "update"):
+            m[f"time/{phase}_s"] = t.get(phase, 0.0)
+        for k in rewards:
+            n = g[f"{k}/n"]
+            m["rewards/" + k[7:]] = g[f"{k}/sum"] / n if n else float("nan")
+        for name in exp["counters"]:
+            m[f"rewards/count/{name}"] = float(g[f"count/{name}"])
+        return m
+
+    def _samples(self, exp) -> list[dict]:
+        rows = []
+        for n in range(min(self.c.get("num_samples_logged", 8), len(exp["prompt"]))):
+            row = {
+                "prompt": exp["prompt"][n],
+                "completion": exp["completion"][n],
+                "reward": float(exp["total"][n]),
+                "correct": bool(exp["correct"][n]),
+                "advantage": float(exp["adv"][n]),
+            }
+            row.update({k: float(v[n]) for k, v in exp.items() if k.startswith("reward/")})
+            rows.append(row)
+        return rows
+
+    # -- evaluation, export, the run ------------------------------------------------------------
+    def evaluate(self, step: int, state):
+        e = self.c.eval
+        summary, records = evaluation.evaluate(
+            state["train"]["params"],
+            self.cfg,
+            self.tok,
+            self.eval_data,
+            self.stack,
+            template=self.template,
+            s=self.s_eval,
+            k=e.sampling.num_samples,
+            prompts_per_batch=e.sampling.num_prompts,
+            max_prompt_len=e.sampling.max_prompt_len,
+            mesh=self.mesh,
+            seed=self.c.seed,
+        )
+        m = {
+            "eval/pass@1": summary["pass@1"],
+            "eval/completion_len": summary["completion_len"],
+            "eval/truncated_frac": summary["truncated_frac"],
+        }
+        return m, records[: e.num_logged]
+
+    def export(self, state):
+        """The trained policy as a model directory (WORKDIR/model), for the next stage."""
+        store.save_model(
+            f"{self.workdir}/model", state["train"]["params"], self.cfg, self.tok_dir
+        )
+
+    def run(self) -> dict:
+        r = loop.Run(
+            name="grpo",
+            state=self.state,
+            step=self.step,
+            data=self.it,
+            evaluate=self.evaluate,
+            finish=self.export,
+            postfix=("train/reward", "train/accuracy", "train/completion_len"),
+            timer=self.timer,
+        )
+        try:
+            return loop.run(self.c, self.workdir, r)
+        finally:
+            self.state = r.state
+            self.stack.pool.close()
+
+
+def run(config, workdir) -> dict:
+    """Trains and evaluates; returns the last logged metrics."""
+    return GRPO(config, workdir).run()
