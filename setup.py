@@ -7,6 +7,8 @@ CORE = [
     "flax>=0.10",
     "optax>=0.2.4",
     "orbax-checkpoint>=0.11",
+    # One path layer for every file written: local directories and gs:// buckets alike.
+    "etils[epath]",
     "ml-collections>=1.0",
     "sentencepiece>=0.2",
     "tokenizers>=0.20",
@@ -39,7 +41,21 @@ EXTRAS = {
     ],
     # Side-by-side benchmarks against TRL.
     "bench": ["trl", "transformers>=4.51", "torch"],
+    # Workdirs and checkpoints on Google Cloud Storage (gs://...) through etils.epath.
+    "gcs": ["gcsfs"],
+    # The TensorBoard viewer (the event files are written by tensorboardX, a core dependency).
+    "tensorboard": ["tensorboard"],
+    # Accelerators: Cloud TPU VMs and CUDA 12 GPUs.
+    "tpu": ["jax[tpu]"],
+    "cuda": ["jax[cuda12]"],
 }
+
+COMMANDS = ["train", "sft", "distill", "eval", "rejection", "reward_model", "pipeline", "sample"]
+SCRIPTS = [
+    f"r1jax-{c.replace('_', '-')}=r1jax.cli:{c if c != 'eval' else 'evaluate'}" for c in COMMANDS
+]
+SCRIPTS += [f"r1jax-{t}=r1jax.tools:{t}" for t in ("convert", "sweep", "plan")]
+SCRIPTS += ["r1jax-plot=r1jax.plotting:main", "r1jax=r1jax.__main__:main"]
 
 setuptools.setup(
     name="r1jax",
@@ -51,4 +67,5 @@ setuptools.setup(
     python_requires=">=3.10",
     install_requires=CORE,
     extras_require=EXTRAS,
+    entry_points={"console_scripts": SCRIPTS},
 )

@@ -96,9 +96,9 @@ def run_r1jax(
 ) -> list[dict]:
     """Trainer.run() over `steps` steps; returns metrics.jsonl rows."""
     import ml_collections
+    from r1jax.train import Trainer
 
     from configs import r1zero
-    from r1jax.train import Trainer
 
     data = os.path.join(workdir, "data")
     os.makedirs(data)

@@ -1,6 +1,7 @@
-"""Distillation (teacher traces, then SFT or logit distillation of the student); r1jax.stages.pipeline.
+"""Distillation: teacher traces, then SFT or logit distillation of the student (the logic is
+r1jax.stages.pipeline.run_distillation).
 
-  python launch/distill.py --config=configs/distill.py --workdir=/tmp/distill
+python launch/distill.py --config=configs/distill.py --workdir=/tmp/distill
 """
 
 from r1jax import cli

@@ -1,52 +1,18 @@
-"""Plot a run's curves from WORKDIR/metrics.jsonl: reward, accuracy, pass@1, completion length.
+"""Plot a run's curves from WORKDIR/metrics.jsonl (the logic is r1jax.plotting): reward, accuracy
+with held-out pass@1, completion length and the reward components; training series drawn raw
+(faint) and as a centred moving average over --smooth logged points (solid).
 
-python launch/plot.py --workdir=/tmp/r1zero --out=curves.png
+  python launch/plot.py --workdir=/tmp/r1zero                # -> /tmp/r1zero/curves.png
+  python launch/plot.py --workdir=/tmp/r1zero --out=curves.png --smooth=15 --title="lr 3e-4"
+
+Flags: --workdir (required), --out (default WORKDIR/curves.png), --smooth (odd, 1: none),
+--title. The same command is the console script `r1jax-plot` (r1jax.plotting:main).
 """
 
-import argparse
-import os
+from absl import app, flags
 
-from r1jax.metrics import read_metrics
-
-PANELS = [
-    ("reward", ["train/reward"]),
-    ("accuracy", ["train/accuracy", "eval/pass@1"]),
-    ("completion length (tokens)", ["train/completion_len", "eval/completion_len"]),
-]
-
-
-def plot(workdir: str, out: str, title: str | None = None) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = read_metrics(workdir)
-    fig, axes = plt.subplots(1, len(PANELS), figsize=(4.2 * len(PANELS), 3.4))
-    for ax, (name, keys) in zip(axes, PANELS):
-        for key in keys:
-            pts = [(r["step"], r[key]) for r in rows if r.get(key) is not None]
-            if pts:
-                xs, ys = zip(*pts)
-                ax.plot(xs, ys, marker="o" if key.startswith("eval/") else None, ms=3, label=key)
-        ax.set_title(name)
-        ax.set_xlabel("step")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.suptitle(title or os.path.basename(os.path.abspath(workdir)))
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    return out
-
-
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--workdir", required=True)
-    p.add_argument("--out", default=None, help="PNG path (default: WORKDIR/curves.png)")
-    p.add_argument("--title", default=None)
-    a = p.parse_args(argv)
-    print(plot(a.workdir, a.out or os.path.join(a.workdir, "curves.png"), a.title))
-
+from r1jax import plotting
 
 if __name__ == "__main__":
-    main()
+    plotting.define_flags(flags.FLAGS)
+    app.run(lambda argv: print(plotting.plot_from_flags(flags.FLAGS)))

@@ -1,6 +1,6 @@
 """Sample completions from a checkpoint; the logic is r1jax.stages.sample.
 
-  python launch/sample.py --config=configs/sample.py:model=DIR
+python launch/sample.py --config=configs/sample.py:model=DIR
 """
 
 from r1jax import cli

@@ -51,7 +51,9 @@ class Checkpointer:
         return self.mngr.latest_step()
 
     def save(self, step: int, state, extra: dict) -> None:
-        args = ocp.args.Composite(state=ocp.args.StandardSave(state), extra=ocp.args.JsonSave(extra))
+        args = ocp.args.Composite(
+            state=ocp.args.StandardSave(state), extra=ocp.args.JsonSave(extra)
+        )
         self.mngr.save(step, args=args, force=True)
 
     def restore(self, step: int, state_like) -> tuple[dict, dict]:

@@ -23,6 +23,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from r1jax import configs, distributed, files
+from r1jax.data import DataError
 from r1jax.errors import ConfigError
 
 # command -> (module, function, what it is)
@@ -36,13 +37,17 @@ COMMANDS = {
     "pipeline": ("r1jax.stages.pipeline", "run_pipeline", "the four-stage R1 pipeline"),
     "sample": ("r1jax.stages.sample", "run", "sample completions from a checkpoint"),
 }
-VALIDATORS = {"train": ("r1jax.stages.grpo", "validate")}
+VALIDATORS = {"train": ("r1jax.stages.grpo", "check")}
 
 
-def define_flags(fv: flags.FlagValues, command: str, *, with_config: bool = True):
-    if with_config:
+def define_flags(fv: flags.FlagValues, command: str, *, with_config=True, argv=None):
+    if with_config:  # the config file is read at definition time, to define its --config.KEYs
         config_flags.DEFINE_config_file(
-            "config", None, "a config file or shipped name, with :args", flag_values=fv
+            "config",
+            None,
+            "a config file or shipped name, with :args",
+            flag_values=fv,
+            sys_argv=argv,
         )
         flags.DEFINE_string("workdir", None, "run directory (local or gs://)", flag_values=fv)
         flags.DEFINE_bool("dry_run", False, "print the resolved config and stop", flag_values=fv)
@@ -67,12 +72,12 @@ def _resolve_config_args(argv: list[str]) -> list[str]:
 def parse(argv: list[str], command: str = "train", fv: flags.FlagValues | None = None):
     """(flag values) from a command line; errors are one line (SystemExit with the message)."""
     fv = fv or flags.FlagValues()
-    define_flags(fv, command)
     try:
         argv = _resolve_config_args(list(argv))
     except FileNotFoundError as e:
         raise SystemExit(f"{argv[0] if argv else command}: {e}") from None
     try:
+        define_flags(fv, command, argv=argv)
         fv(argv)
     except (KeyError, AttributeError) as e:  # an override of a key the config does not have
         raise SystemExit(_unknown_key(argv, e)) from None
@@ -143,8 +148,13 @@ def _report(command: str, result) -> None:
         for name, s in result.items():
             print(f"{name:>16}: pass@1 {s['pass@1']:.3f}")
     elif command == "eval":
-        print({k: round(v, 4) if isinstance(v, float) else v for k, v in result.items()
-               if k not in ("config", "model")})
+        print(
+            {
+                k: round(v, 4) if isinstance(v, float) else v
+                for k, v in result.items()
+                if k not in ("config", "model")
+            }
+        )
     elif command == "rejection":
         print({k: result[k] for k in ("sampled", "kept", "dropped", "output")})
 
@@ -161,13 +171,13 @@ def main(command: str, argv: list[str] | None = None) -> None:
     try:
         start(fv)
         config = fv.config
-        if fv.dry_run:
+        if fv.dry_run:  # everything that can be checked without loading or compiling
             if command in VALIDATORS:
                 _call(command, {command: (*VALIDATORS[command], "")})(config)
             print(config)
             return
         _report(command, run(command, config, fv.workdir))
-    except (ConfigError, ConnectionError) as e:  # the user's to fix: one line, no traceback
+    except (ConfigError, DataError, ConnectionError) as e:  # the user's to fix: one line
         print(f"{command}: {e}", file=sys.stderr)
         raise SystemExit(2) from None
 

@@ -15,6 +15,8 @@ import hashlib
 import json
 import logging
 import os
+import socket
+import time
 from collections.abc import Sequence
 
 import jax
@@ -65,6 +67,8 @@ def initialize(
             "multi-process start needs --coordinator=HOST:PORT, --num_processes=N and "
             f"--process_id in [0, N); got {coordinator!r}, {num_processes}, {process_id}"
         )
+    if explicit and process_id != 0:  # JAX aborts the process on an unreachable coordinator
+        _wait_for(coordinator, timeout_s, process_id)
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.config.update("jax_threefry_partitionable", True)  # random bits independent of sharding
     kw = dict(initialization_timeout=int(timeout_s))
@@ -78,11 +82,28 @@ def initialize(
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ConnectionError(
             f"process {process_id if explicit else '?'} could not join the job at {where} within "
-            f"{timeout_s} s (is process 0 running and the address reachable?): {first}"
+            f"{timeout_s:g} s: {first}"
         ) from None
     n_local = len(jax.local_devices())
     log.info("process %d of %d, %d local devices", process_index(), process_count(), n_local)
     return process_count() > 1
+
+
+def _wait_for(address: str, timeout_s: float, process_id: int) -> None:
+    """Polls HOST:PORT until process 0's coordinator accepts connections, or raises."""
+    host, _, port = address.rpartition(":")
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with socket.create_connection((host, int(port)), timeout=2):
+                return
+        except OSError as e:
+            if time.monotonic() > deadline:
+                raise ConnectionError(
+                    f"process {process_id} could not reach the coordinator at {address} within "
+                    f"{timeout_s:g} s ({e.strerror or e}); is process 0 running there?"
+                ) from None
+            time.sleep(0.5)
 
 
 def process_index() -> int:

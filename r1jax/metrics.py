@@ -13,6 +13,9 @@ import sys
 import time
 
 import numpy as np
+from tensorboardX import SummaryWriter
+from tensorboardX.proto.summary_pb2 import Summary
+from tqdm import tqdm
 
 from r1jax import distributed, files
 
@@ -30,8 +33,6 @@ class MetricsWriter:
         self.active = distributed.is_main()
         self._tb = None
         if self.active and tensorboard:
-            from tensorboardX import SummaryWriter
-
             self._tb = SummaryWriter(str(files.path(workdir) / "tensorboard"))
 
     def write(self, step: int, metrics: dict) -> dict:
@@ -40,8 +41,6 @@ class MetricsWriter:
             return row
         files.append_jsonl(self.path, [row])
         if self._tb is not None:
-            from tensorboardX.proto.summary_pb2 import Summary
-
             # Written as protos so that tags keep their characters (SummaryWriter.add_scalar
             # would turn "eval/pass@1" into "eval/pass_1").
             values = [
@@ -72,8 +71,6 @@ def truncate_after(path, step: int) -> None:
 
 def progress(total: int, initial: int = 0, desc: str = "train"):
     """A tqdm bar with rate and ETA on process 0 (plain text when not on a terminal)."""
-    from tqdm import tqdm
-
     return tqdm(
         total=total,
         initial=initial,

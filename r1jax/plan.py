@@ -1,21 +1,20 @@
 """The memory planner: bytes per device of a GRPO run, from abstract shapes only.
 
-`plan(cfg, mesh, settings, target)` sizes each component on one device of a (possibly
-hypothetical) mesh: nothing is allocated and the target's devices need not exist here, since
-shardings come from `r1jax.sharding.logical_to_spec` on a `jax.sharding.AbstractMesh`.
-`recommend` tries the meshes a target allows; `check` turns a plan into an error or warnings.
+`plan(cfg, mesh, settings, target)` sizes each component on one device of a hypothetical mesh
+(shardings from sharding.logical_to_spec on an AbstractMesh; nothing is allocated). `recommend`
+tries the meshes a target allows; `check` turns a plan into an error or warnings.
 
 What is counted (c = bytes of cfg.dtype, p = bytes of cfg.param_dtype):
   params      the parameters (p), sharded by sharding.RULES with its divisibility fallback.
   opt_state   `optimizer.init` (default optax.adamw: mu and nu in the params' dtype, a count),
               each leaf sharded like its parameter (via optax.tree_map_params).
-  grads       rl.update's float32 accumulation buffer plus the micro-batch gradient (p) added
-              into it; both sharded like the parameters.
+  grads       the update's float32 accumulation buffer (r1jax/update.py) plus the micro-batch
+              gradient (p) added into it; both sharded like the parameters.
   ref_params  a second copy of the parameters when beta > 0.
   kv_cache    the sampler's cache (c): k and v of each prompt's prefix [L,B,K,Dh,P] and each
               row's suffix [L,N,K,Dh,T'] (T' = max_new_tokens rounded up to the decode chunk).
-              Rows follow the prompts, split over data*fsdp only when B divides
-              (runtime.put_prompts), else replicated; kv heads over tensor when K divides.
+              Rows follow the prompts, split over the batch axes like any "batch" dimension
+              (rollout.prompt_sharding); kv heads over tensor when K divides.
   sampler     the rest of the rollout's peak, the larger of the prefill of one layer (B prompts
               of P tokens, fp32 scores included) and the last decode-phase switch: the previous
               suffix (~T'/2, live while copied into the larger one), three [N,V] fp32 logits
@@ -36,23 +35,24 @@ What is counted (c = bytes of cfg.dtype, p = bytes of cfg.param_dtype):
                 remat:    saved = L*n*S*D*c (each layer's input),
                           work = lin + att + scores + 2*w (the layer recomputed; the score
                           cotangent reuses the recomputed scores' buffer)
-              activations = saved + [n,S,S] bool mask + max(work, logprobs): the log-prob head's
-              backward runs before the layers', so their peaks do not add. cfg.remat picks the
-              one in the total; both are reported. Attention is not fused: the S^2 terms dominate
-              long sequences.
+              activations = saved + [n,S,S] bool mask + max(work, logprobs) (the head's backward
+              runs before the layers'). cfg.remat picks the one in the total; both are reported.
+              Attention is not fused: the S^2 terms dominate long sequences.
   logprobs    the log-prob head on the T completion positions: the final norm's [n,S,D] (c and
               fp32), [n,T,D] hidden states and their cotangent, three fp32 [n,T,chunk] tensors
-              ([n,T,V] when V <= vocab_chunk) and, when chunked, the padded c copy of the
-              unembedding and its gradient (split like the vocabulary) and the chunk carries.
+              ([n,T,V] when V <= vocab_chunk) and, when chunked, the chunked unembedding's gradient
+              and its padded c copy unless that is a reshape (split like the vocabulary), and
+              the chunk carries.
 
 Total = params + opt_state + ref_params + max(kv_cache + sampler, grads + activations): rollout
 and update do not overlap in time. Not counted: the optimizer update's temporaries, the scorer's
 forward passes (smaller than the update), XLA's scratch and fragmentation; on GPUs JAX
 preallocates 75% of memory unless XLA_PYTHON_CLIENT_MEM_FRACTION says otherwise.
 
-Against XLA's `memory_analysis()` on the CPU at small shapes (tests/test_plan.py), activations
-are within 0.85-1.2x of temp_size on one device and on a data-parallel mesh. With fsdp > 1 the
-CPU compile is up to ~2x larger: it computes the embedding lookup and the log-prob head for the
+Against XLA's `memory_analysis()` on the CPU at small float32 shapes (tests/test_plan.py), the
+activation estimate is 0.86-1.09x of temp_size on one device and on data/tensor-parallel meshes
+(bfloat16 on the CPU: ~0.7x, which computes bf16 matmuls via fp32 temporaries). With fsdp > 1
+the CPU compile is up to ~2x larger: it runs the embedding lookup and the log-prob head on the
 whole micro-batch rather than its batch shard (no sharding constraint on the hidden states).
 """
 
@@ -89,9 +89,9 @@ class Settings:
     decode_chunk: int = 32  # rollout.chunk: T is padded to a multiple of it
 
     def __post_init__(self):
-        for f in ("num_prompts", "group_size", "prompt_len", "max_new_tokens", "micro_batch"):
-            if getattr(self, f) <= 0:
-                raise ValueError(f"Settings.{f} must be positive, got {getattr(self, f)}")
+        for f in dataclasses.fields(self):
+            if f.name != "beta" and getattr(self, f.name) <= 0:
+                raise ValueError(f"Settings.{f.name} must be positive, got {getattr(self, f.name)}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -198,7 +198,7 @@ def _adamw_state(cfg: ModelConfig):
 
 def kv_cache_bytes(cfg: ModelConfig, mesh, s: Settings) -> int:
     """Prefix [L,B,K,Dh,P] + suffix [L,N,K,Dh,T'] caches (k and v) and their small fields."""
-    b, t_pad = _prompts_local(mesh, s), _t_pad(s)
+    b, t_pad = _local("batch", s.num_prompts, mesh), _t_pad(s)
     kt, c = _local("kv_heads", cfg.n_kv_heads, mesh), jnp.dtype(cfg.dtype).itemsize
     per_pos = 2 * cfg.n_layers * kt * cfg.head_dim * c
     prefix = b * s.prompt_len * (per_pos + 1) + b * 4  # + bool mask, int32 length
@@ -207,11 +207,6 @@ def kv_cache_bytes(cfg: ModelConfig, mesh, s: Settings) -> int:
 
 def _t_pad(s: Settings) -> int:
     return -(-s.max_new_tokens // s.decode_chunk) * s.decode_chunk
-
-
-def _prompts_local(mesh, s: Settings) -> int:
-    div = mesh.shape["data"] * mesh.shape["fsdp"]
-    return s.num_prompts // div if s.num_prompts % div == 0 else s.num_prompts
 
 
 def _layer(cfg: ModelConfig, mesh, n: int, S: int) -> dict[str, int]:
@@ -238,8 +233,7 @@ def activation_bytes(cfg: ModelConfig, mesh, s: Settings, remat: bool) -> int:
     work = lay["scores"] + 2 * lay["weights"]  # fp32 scores; the weights and their gradient
     if remat:
         saved = cfg.n_layers * n * S * cfg.d_model * jnp.dtype(cfg.dtype).itemsize
-        work += lay["lin"] + lay["att"]  # the layer's recomputed forward; it then frees its
-        # scores' buffer for their cotangent, so no second `scores`
+        work += lay["lin"] + lay["att"]  # recomputed; the score cotangent reuses its buffer
     else:
         casts = param_bytes(cfg, mesh, cfg.dtype, True) if cfg.dtype != cfg.param_dtype else 0
         saved = cfg.n_layers * (lay["lin"] + lay["att"]) + casts
@@ -249,23 +243,22 @@ def activation_bytes(cfg: ModelConfig, mesh, s: Settings, remat: bool) -> int:
 
 def logprob_bytes(cfg: ModelConfig, mesh, s: Settings) -> int:
     """The final norm and the chunked log-prob head (and entropy) of one micro-batch."""
-    n, T, S = (
-        _local("batch", s.micro_batch, mesh),
-        s.max_new_tokens,
-        s.prompt_len + s.max_new_tokens,
-    )
+    n, T = _local("batch", s.micro_batch, mesh), s.max_new_tokens
+    S = s.prompt_len + T
     c, D, V = jnp.dtype(cfg.dtype).itemsize, cfg.d_model, cfg.vocab_size
     out = n * S * D * (c + 4) + 2 * n * T * D * c
     if V <= s.vocab_chunk:
         return out + 3 * n * T * V * 4
     chunks = -(-V // s.vocab_chunk)
-    w_copy = 2 * chunks * s.vocab_chunk * D * c * _local("vocab", V, mesh) // V
+    # The chunked [V',D] unembedding's gradient, and its copy unless it is a mere reshape.
+    copies = 1 + (cfg.dtype != cfg.param_dtype or V % s.vocab_chunk != 0)
+    w_copy = copies * chunks * s.vocab_chunk * D * c * _local("vocab", V, mesh) // V
     return out + 3 * n * T * s.vocab_chunk * 4 + w_copy + chunks * 4 * n * T * 4
 
 
 def sampler_bytes(cfg: ModelConfig, mesh, s: Settings) -> int:
     """The rollout's peak besides the KV cache: prefill of one layer, or the last phase switch."""
-    b, t_pad, c = _prompts_local(mesh, s), _t_pad(s), jnp.dtype(cfg.dtype).itemsize
+    b, t_pad, c = _local("batch", s.num_prompts, mesh), _t_pad(s), jnp.dtype(cfg.dtype).itemsize
     pre = _layer(cfg, mesh, b, s.prompt_len)
     n = b * s.group_size
     kt = _local("kv_heads", cfg.n_kv_heads, mesh)
@@ -394,23 +387,33 @@ def candidate_meshes(cfg: ModelConfig, tgt: Target) -> list[dict[str, int]]:
 def recommend(
     cfg: ModelConfig, target: Target | str, settings: Settings, *, optimizer=None, label=""
 ) -> tuple[Plan, str]:
-    """The feasible candidate mesh with the least memory (else the least-memory one), and why."""
+    """The feasible candidate mesh with the least memory (else the least-memory one), and why.
+
+    A mesh is feasible when it fits and the micro-batch splits evenly over its batch shards
+    (data*fsdp), which the trainer requires."""
     tgt = _target(target) if isinstance(target, str) else target
     plans = [
         plan(cfg, m, settings, tgt, optimizer=optimizer, label=label)
         for m in candidate_meshes(cfg, tgt)
     ]
+    splits = lambda p: settings.micro_batch % (p.mesh["data"] * p.mesh["fsdp"]) == 0  # noqa: E731
     # Least memory first; on a tie more data parallelism and less tensor parallelism.
-    best = min(plans, key=lambda p: (not p.fits, p.total, -p.mesh["data"], p.mesh["tensor"]))
+    best = min(
+        plans,
+        key=lambda p: (not splits(p), not p.fits, p.total, -p.mesh["data"], p.mesh["tensor"]),
+    )
     mesh = ",".join(f"{a}={n}" for a, n in best.mesh.items())
-    if best.fits:
+    if not splits(best):
+        least = min(p.mesh["data"] * p.mesh["fsdp"] for p in plans)
+        why = (
+            f"no mesh takes micro_batch={settings.micro_batch}: every candidate has at least "
+            f"{least} batch shards; least memory {_gib(best.total)} GiB on {mesh}"
+        )
+    elif best.fits:
         why = f"fits: {_gib(best.total)} of {_gib(best.device_memory)} GiB on {mesh}"
     else:
-        parts = {
-            "params+opt+ref": best.params + best.opt_state + best.ref_params,
-            "rollout": best.rollout,
-            "update": best.update,
-        }
+        fixed = best.params + best.opt_state + best.ref_params
+        parts = {"params+opt+ref": fixed, "rollout": best.rollout, "update": best.update}
         worst = max(parts, key=parts.get)
         why = (
             f"nothing fits: least is {_gib(best.total)} > {_gib(best.device_memory)} GiB on "
@@ -419,31 +422,22 @@ def recommend(
     return best, why + f" ({len(plans)} meshes tried)"
 
 
-_COLUMNS = (
-    ("params", "params"),
-    ("opt", "opt_state"),
-    ("grads", "grads"),
-    ("ref", "ref_params"),
-    ("kv", "kv_cache"),
-    ("sampler", "sampler"),
-    ("act", "activations"),
-    ("act-remat", "activations_remat"),
-    ("act-full", "activations_no_remat"),
-    ("logp", "logprobs"),
-    ("total", "total"),
-    ("memory", "device_memory"),
-)
+_HEADS = "params opt grads ref kv sampler act act-remat act-full logp total memory".split()
+_FIELDS = (
+    "params opt_state grads ref_params kv_cache sampler activations activations_remat "
+    "activations_no_remat logprobs total device_memory"
+).split()
 
 
 def format_table(plans) -> str:
     """A plain-text table (GiB per device) of plans, one per line."""
-    head = ["model", "target", "data/fsdp/tensor", *(c for c, _ in _COLUMNS), "fits"]
+    head = ["model", "target", "data/fsdp/tensor", *_HEADS, "fits"]
     rows = [
         [
             p.label,
             p.target.name,
             "/".join(str(p.mesh[a]) for a in shd.MESH_AXES),
-            *(_gib(getattr(p, f)) for _, f in _COLUMNS),
+            *(_gib(getattr(p, f)) for f in _FIELDS),
             "yes" if p.fits else "NO",
         ]
         for p in plans
@@ -451,3 +445,30 @@ def format_table(plans) -> str:
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
     lines = ["  ".join(x.rjust(w) for x, w in zip(r, widths)) for r in [head, *rows]]
     return "\n".join(lines[:1] + ["-" * len(lines[0])] + lines[1:])
+
+
+def settings_of(config) -> Settings:
+    """The Settings of a GRPO config (r1jax/configs/r1zero.py's keys)."""
+    s = config.sampling
+    return Settings(
+        num_prompts=s.num_prompts,
+        group_size=s.num_samples,
+        prompt_len=min(1 << max(0, (s.max_prompt_len - 1).bit_length()), s.max_prompt_len),
+        max_new_tokens=s.max_new_tokens,
+        micro_batch=config.micro_batch,
+        beta=float(config.rl.beta),
+        vocab_chunk=config.vocab_chunk,
+        decode_chunk=s.chunk,
+    )
+
+
+def this_machine(mesh) -> Target:
+    """The devices of a live mesh as a Target (memory from the runtime, or RAM on CPU)."""
+    dev = mesh.local_devices[0]
+    stats = dev.memory_stats() if hasattr(dev, "memory_stats") else None
+    local = max(1, len(mesh.local_devices))
+    if stats and stats.get("bytes_limit"):
+        mem = int(stats["bytes_limit"])
+    else:  # CPU: the host's memory, shared by its devices
+        mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // local
+    return Target("this machine", dev.device_kind, mesh.size, mem, local)

@@ -19,6 +19,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from r1jax.errors import ConfigError
+
 MESH_AXES = ("data", "fsdp", "tensor")
 
 # logical axis -> mesh axes it is split over, in order of preference.
@@ -51,17 +53,17 @@ def make_mesh(shape: Sequence[tuple[str, int]] = (("fsdp", -1),), devices=None) 
     sizes = dict.fromkeys(MESH_AXES, 1)
     for name, size in shape:
         if name not in sizes:
-            raise ValueError(f"config.mesh: unknown mesh axis {name!r}; expected {MESH_AXES}")
+            raise ConfigError(f"config.mesh: unknown mesh axis {name!r}; expected {MESH_AXES}")
         sizes[name] = int(size)
     if hosts > 1 and "data" not in dict(shape):
         sizes["data"] = hosts
     known = math.prod(s for s in sizes.values() if s != -1)
     free = [n for n, s in sizes.items() if s == -1]
     if len(free) > 1:
-        raise ValueError(f"config.mesh: at most one axis may be -1, got {free}")
+        raise ConfigError(f"config.mesh: at most one axis may be -1, got {free}")
     if free:
         if len(devices) % known:
-            raise ValueError(
+            raise ConfigError(
                 f"config.mesh {tuple(shape)}: {len(devices)} devices not divisible by {known}"
             )
         sizes[free[0]] = len(devices) // known
@@ -69,7 +71,7 @@ def make_mesh(shape: Sequence[tuple[str, int]] = (("fsdp", -1),), devices=None) 
     if hosts == 1 and not free and total < len(devices):
         devices = devices[:total]
     if total != len(devices):
-        raise ValueError(
+        raise ConfigError(
             f"config.mesh {tuple(shape)} (as {sizes}) needs {total} devices, but the job has "
             f"{len(devices)} ({hosts} process{'es' if hosts > 1 else ''})"
         )

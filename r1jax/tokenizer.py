@@ -22,7 +22,11 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from r1jax.data import templates
+import sentencepiece as spm
+from tokenizers import AddedToken
+from tokenizers import Tokenizer as _HFTok
+
+from r1jax import chat_template
 
 TEMPLATE_TAGS = ("<think>", "</think>", "<answer>", "</answer>")
 # HF names of the special-token attributes that chat templates can read (bos_token, ...).
@@ -84,12 +88,12 @@ class Tokenizer:
         return {}
 
     def apply_chat_template(
-        self, messages: templates.Messages, add_generation_prompt: bool = True, **kwargs: Any
+        self, messages: chat_template.Messages, add_generation_prompt: bool = True, **kwargs: Any
     ) -> str:
         """Formats a chat as text: the jinja ``chat_template`` if set, else plain ChatML."""
         if self.chat_template is None:
-            return templates.chatml(messages, add_generation_prompt=add_generation_prompt)
-        return templates.render_chat_template(
+            return chat_template.chatml(messages, add_generation_prompt=add_generation_prompt)
+        return chat_template.render_chat_template(
             self.chat_template,
             messages,
             add_generation_prompt=add_generation_prompt,
@@ -104,8 +108,6 @@ class SentencePieceTokenizer(Tokenizer):
     """A SentencePiece ``.model``. Control pieces (<s>, </s>, <pad>) and <unk> are special."""
 
     def __init__(self, model_path: str | os.PathLike, chat_template: str | None = None):
-        import sentencepiece as spm
-
         self.path = Path(model_path)
         if not self.path.is_file():
             raise FileNotFoundError(f"SentencePiece model not found: {self.path}")
@@ -190,8 +192,6 @@ def train_sentencepiece(
     give fewer pieces). Deterministic: fixed seed and one thread; the model is written through
     ``model_writer``, so the output path is not stored and the same corpus gives the same bytes.
     """
-    import sentencepiece as spm
-
     if isinstance(texts, (str, os.PathLike)):
         if not Path(texts).is_file():
             raise FileNotFoundError(
@@ -304,9 +304,6 @@ class HFTokenizer(Tokenizer):
     """
 
     def __init__(self, path: str | os.PathLike, extra_eos_tokens: Sequence[str] = ()):
-        from tokenizers import AddedToken
-        from tokenizers import Tokenizer as _HFTok
-
         path = Path(path)
         self.dir = path.parent if path.is_file() else path
         tok_file = path if path.is_file() else path / "tokenizer.json"

@@ -30,6 +30,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from r1jax import distributed, optim
 from r1jax import sharding as shd
@@ -43,23 +44,25 @@ f32 = jnp.float32
 
 
 def init_state(params, optimizer, mesh, extra=None) -> dict:
-    """{params, opt_state, step[, extra]}: the optimizer state is created sharded like the
-    parameters, every other leaf (counters) replicated on the mesh."""
+    """{params, opt_state, step[, extra]}: every optimizer leaf that mirrors a parameter (Adam's
+    moments) is created sharded like it; every other leaf (counters) replicated on the mesh."""
+    rep = shd.replicated(mesh)
+    abstract = jax.eval_shape(optimizer.init, params)
+    opt_shardings = optax.tree_map_params(
+        optimizer,
+        lambda _, p: p.sharding,
+        abstract,
+        params,
+        transform_non_params=lambda _: rep,
+    )
     state = {
         "params": params,
-        "opt_state": jax.jit(optimizer.init)(params),
-        "step": jnp.zeros((), jnp.int32),
+        "opt_state": jax.jit(optimizer.init, out_shardings=opt_shardings)(params),
+        "step": jax.device_put(jnp.zeros((), jnp.int32), rep),
     }
     if extra:
-        state["extra"] = extra
-    rep = shd.replicated(mesh)
-
-    def on_mesh(a):
-        s = a.sharding
-        ok = isinstance(s, jax.sharding.NamedSharding) and s.mesh == mesh
-        return a if ok else jax.device_put(a, rep)
-
-    return jax.tree.map(on_mesh, state)
+        state["extra"] = jax.tree.map(lambda a: jax.device_put(a, rep), extra)
+    return state
 
 
 def shardings_of(tree):
@@ -172,9 +175,14 @@ def _sums(stacked: dict) -> dict:
 
 
 def ratios(sums: dict) -> dict:
-    """Host-side means (in float64) of a scorer's {name: (numerator, denominator)} sums."""
-    sums = distributed.fetch(sums)
-    return {k: float(n) / max(float(d), 1e-30) if float(d) else 0.0 for k, (n, d) in sums.items()}
+    """Host-side values (in float64) of a scorer's {name: (numerator, denominator)} sums: the
+    mean numerator / denominator (0 without a denominator), or the numerator itself for the
+    *_max / *_min names."""
+    out = {}
+    for k, (n, d) in distributed.fetch(sums).items():
+        extreme = k.endswith(("_max", "_min"))
+        out[k] = float(n) if extreme else float(n) / float(d) if float(d) else 0.0
+    return out
 
 
 def make_train_step(

@@ -5,9 +5,10 @@ import os
 import jax
 import ml_collections
 
-from r1jax.checkpoint import save_model
+from r1jax import configs
 from r1jax.data import embedded
 from r1jax.models import get_preset, init_params
+from r1jax.models.store import save_model
 from r1jax.tokenizer import train_sentencepiece
 
 
@@ -59,28 +60,24 @@ def make_model_dir(path, seed=0, **overrides):
 
 
 def tiny_config(model_dir, **changes):
-    from configs import r1zero
-
-    c = r1zero.get_config()
+    """The R1-Zero config on a tiny model: 4 prompts x 4 samples, 12 new tokens, 4 steps;
+    `changes` are {"dotted.key": value} overrides (r1jax.configs.override)."""
+    c = configs.load("r1zero")
     c.model.init = model_dir
-    c.model.overrides = dict(remat=False)
-    c.mesh = [("fsdp", 1)]
+    c.model.overrides.update(remat=False, unroll_decode=False)
+    c.mesh = (("fsdp", 1),)
     c.rewards = ml_collections.ConfigDict(
-        {"sevens": dict(name="tests.rl_utils:reward_sevens", weight=1.0)}
+        {"sevens": dict(name="tests.rl_utils:reward_sevens", weight=1.0, kwargs={})}
     )
     c.correctness = None
-    c.rollout.update(num_prompts=4, group_size=4, max_new_tokens=12, chunk=4, max_prompt_len=128)
-    c.rl.update(loss_type="grpo", beta=0.04, num_minibatches=2, micro_batch=4, ref_reset_every=3)
+    c.sampling.update(num_prompts=4, num_samples=4, max_new_tokens=12, chunk=4, max_prompt_len=128)
+    c.rl.update(loss_type="grpo", beta=0.04, num_minibatches=2, ref_reset_every=3)
+    c.micro_batch = 4
     c.optim.update(lr=1e-3, warmup_steps=0, schedule="constant")
     c.steps, c.log_every, c.ckpt_every, c.eval_every, c.samples_every = 4, 1, 2, 0, 2
-    c.eval.update(k=2, num_questions=4, prompts_per_batch=4, max_new_tokens=12)
-    for k, v in changes.items():
-        node, *path = k.split(".")
-        target = c
-        for p in [node, *path][:-1]:
-            target = target[p]
-        target[[node, *path][-1]] = v
-    return c
+    c.eval.num_questions = 4
+    c.eval.sampling.update(num_samples=2, num_prompts=4, max_new_tokens=12, max_prompt_len=128)
+    return configs.override(c, changes)
 
 
 def seed_everything():

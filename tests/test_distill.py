@@ -1,21 +1,25 @@
 """Logit distillation: the chunked KL against NumPy, a short run, and the tokenizer check."""
 
+import functools
 import json
 import os
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
+import optax
 import pytest
 from rl_utils import make_model_dir
 
-import configs
-from r1jax import checkpoint
-from r1jax import distill as dl
-from r1jax.data import embedded
+from r1jax import sharding as shd
+from r1jax import update
+from r1jax.configs import common
+from r1jax.configs import distill as distill_configs
+from r1jax.data import embedded, packing
 from r1jax.metrics import read_metrics
+from r1jax.models import store
 from r1jax.models import transformer as tfm
+from r1jax.stages import distill as dl
 from r1jax.tokenizer import load_tokenizer, train_sentencepiece
 
 
@@ -77,11 +81,11 @@ def _np_init(cfg, seed):
 def dirs(tmp_path_factory):
     root = tmp_path_factory.mktemp("distill")
     student = make_model_dir(str(root / "student"))
-    cfg, _ = checkpoint.load_model(student)
+    cfg, _ = store.load_model(student)
     # A teacher of another shape: its own ModelConfig, the same tokenizer.
     t_cfg = cfg.replace(d_model=48, n_layers=1, n_heads=3, d_ff=96, init_std=0.3)
     teacher = str(root / "teacher")
-    checkpoint.save_model(teacher, _np_init(t_cfg, 1), t_cfg, checkpoint.tokenizer_path(student))
+    store.save_model(teacher, _np_init(t_cfg, 1), t_cfg, store.tokenizer_path(student))
     rng = np.random.default_rng(0)
     rows = []
     for _ in range(40):
@@ -98,49 +102,91 @@ def dirs(tmp_path_factory):
 
 
 def _config(student, teacher, data):
-    return ml_collections.ConfigDict(
-        dict(
-            seed=0,
-            mesh=[("fsdp", 1)],
-            model=dict(init=student, preset="tiny", overrides=dict(remat=False)),
-            teacher=dict(init=teacher, overrides={}, tokenizer_path=""),
-            tokenizer=dict(path=""),
-            data=dict(source=f"jsonl:{data}", loss_on_prompt=False, eval_fraction=0.25),
-            distill=dict(temperature=1.0),
-            row_len=64,
-            batch_rows=8,
-            micro_rows=4,
-            steps=30,
-            vocab_chunk=64,  # < vocab: the chunked path
-            optim=configs.optim(lr=1e-2, b2=0.99),
-            log_every=30,
-            ckpt_every=100,
-        )
+    c = distill_configs.logit_config(f"student={student},teacher={teacher},data={data}")
+    c.mesh = (("fsdp", 1),)
+    c.model.overrides.remat = False
+    c.data.eval_fraction = 0.25
+    c.update(row_len=64, batch_size=8, micro_batch=4, vocab_chunk=64)  # chunk < vocab: chunked
+    c.optim.update(common.optim(lr=1e-2, b2=0.99))
+    c.update(steps=30, log_every=30, eval_every=30, ckpt_every=100)
+    return c
+
+
+def _np_nll(z, targets):
+    """-log softmax(z)[target] per position, in float64."""
+    z = np.asarray(z, np.float64)
+    logz = np.log(np.exp(z - z.max(-1, keepdims=True)).sum(-1)) + z.max(-1)
+    return logz - np.take_along_axis(z, np.asarray(targets)[:, None], -1)[:, 0]
+
+
+_logits = jax.jit(tfm.logits, static_argnames="cfg")
+
+
+def _completion_logits(path, examples, V):
+    """Each example alone (one 64-token row): the model's logits [n, V] at the positions that
+    predict the completion tokens (and EOS), concatenated."""
+    cfg, params = store.load_model(path)
+    out = []
+    for p, c in examples:
+        ids = np.zeros((1, 64), np.int32)
+        ids[0, : len(p) + len(c)] = p + c
+        z = np.asarray(_logits(params, ids, (np.arange(64) < len(p) + len(c))[None], cfg=cfg))
+        out.append(z[0, len(p) - 1 : len(p) + len(c) - 1, :V])
+    return np.concatenate(out)
+
+
+def _encode(tok, rows):
+    return [
+        (tok.encode_prompt(r["prompt"]), tok.encode(r["completion"]) + [tok.eos_id]) for r in rows
+    ]
+
+
+def test_train_step_loss_is_t2_times_the_mean_kl_micro_batched_and_sharded(dirs):
+    """distill_loss through update.make_train_step with the teacher as a frozen argument: two
+    micro-batches over a 2 x 2 mesh give T^2 x the mean KL (at T) over every target token."""
+    student, teacher, _, rows = dirs
+    tok = load_tokenizer(store.tokenizer_path(student))
+    ex = _encode(tok, rows[:8])
+    z_t, z_s = (_completion_logits(path, ex, tok.vocab_size) for path in (teacher, student))
+    want = 4.0 * np_kl(z_t, z_s, 2.0).mean()
+    mesh = shd.make_mesh((("data", 2), ("fsdp", 2)))
+    cfg, params = store.load_model(student, mesh)
+    t_cfg, t_params = store.load_model(teacher, mesh)
+    optimizer = optax.sgd(1.0)
+    state = update.init_state(params, optimizer, mesh)
+    batch, sh = update.put_batch(mesh, packing.pack(ex, 64, packing=False), 4)
+    kw = dict(vocab_size=tok.vocab_size, temperature=2.0, vocab_chunk=64)
+    step = update.make_train_step(
+        functools.partial(dl.distill_loss, t2=4.0, cfg=cfg, teacher_cfg=t_cfg, **kw),
+        optimizer,
+        state_shardings=update.shardings_of(state),
+        batch_shardings=sh,
+        frozen_shardings=(update.shardings_of(t_params),),
+        prepare=packing.count_targets,
     )
+    _, m = step(state, batch, t_params)
+    assert float(m["loss"]) == pytest.approx(want, rel=1e-4)
+    assert float(m["tokens"]) == len(z_t) == sum(len(c) for _, c in ex)
+    assert float(m["grad_norm"]) > 0 and float(m["skipped"]) == 0.0
 
 
 def test_distillation_reduces_kl(dirs, tmp_path):
     student, teacher, data, rows = dirs
     work = str(tmp_path / "run")
-    dl.train_distill(_config(student, teacher, data), work)
+    dl.run(_config(student, teacher, data), work)
     m = read_metrics(work)
     assert [r["step"] for r in m] == [0, 30]
-    # Step 0 pinned by NumPy: mean KL over the completion tokens (and EOS) of the 10 eval rows.
-    tok = load_tokenizer(checkpoint.tokenizer_path(student))
-    want = []
-    logits = jax.jit(tfm.logits, static_argnames="cfg")
-    for path in (teacher, student):
-        cfg, params = checkpoint.load_model(path)
-        out = []
-        for r in rows[:10]:
-            p, c = tok.encode(r["prompt"], add_bos=True), tok.encode(r["completion"]) + [tok.eos_id]
-            ids = np.zeros((1, 64), np.int32)
-            ids[0, : len(p) + len(c)] = p + c
-            z = np.asarray(logits(params, ids, (np.arange(64) < len(p) + len(c))[None], cfg=cfg))
-            out.append(z[0, len(p) - 1 : len(p) + len(c) - 1, : tok.vocab_size])
-        want.append(np.concatenate(out))
-    assert m[0]["eval/kl"] == pytest.approx(np_kl(*want).mean(), rel=1e-4)
+    # Step 0 pinned by NumPy: mean KL over the completion tokens (and EOS) of the 10 eval rows,
+    # and each model's NLL of those tokens.
+    tok = load_tokenizer(store.tokenizer_path(student))
+    ex = _encode(tok, rows[:10])
+    z_t, z_s = (_completion_logits(path, ex, tok.vocab_size) for path in (teacher, student))
+    targets = [t for _, c in ex for t in c]
+    assert m[0]["eval/kl"] == pytest.approx(np_kl(z_t, z_s).mean(), rel=1e-4)
+    assert m[0]["eval/teacher_nll"] == pytest.approx(_np_nll(z_t, targets).mean(), rel=1e-5)
+    assert m[0]["eval/student_nll"] == pytest.approx(_np_nll(z_s, targets).mean(), rel=1e-5)
     assert m[-1]["eval/kl"] < 0.6 * m[0]["eval/kl"]  # held-out rows
+    assert m[-1]["eval/teacher_nll"] == pytest.approx(m[0]["eval/teacher_nll"], rel=1e-6)  # frozen
     assert m[-1]["train/loss"] == pytest.approx(m[-1]["train/kl"])  # temperature 1
     assert os.path.isfile(os.path.join(work, "model", "model_config.json"))
 
@@ -161,7 +207,7 @@ def _tokenizer(path, vocab, symbols=()):
 
 def test_tokenizer_mismatch_is_named(dirs, tmp_path):
     student, _, data, _ = dirs
-    s_dir = checkpoint.tokenizer_path(student)
+    s_dir = store.tokenizer_path(student)
     tok = load_tokenizer(s_dir)
     assert dl.tokenizer_differences(tok, _tokenizer(str(tmp_path / "same"), 160)) == []
     small = _tokenizer(str(tmp_path / "small"), 150)
@@ -174,5 +220,5 @@ def test_tokenizer_mismatch_is_named(dirs, tmp_path):
     # The run fails on it before any model is loaded: the teacher dir holds only a tokenizer.
     c = _config(student, str(tmp_path / "small"), data)
     with pytest.raises(ValueError, match=r"teacher's tokenizer \(.*small\) differs") as e:
-        dl.train_distill(c, str(tmp_path / "run"))
+        dl.run(c, str(tmp_path / "run"))
     assert "vocab_size: student 160, teacher 150" in str(e.value)

@@ -3,13 +3,13 @@
 import json
 
 import numpy as np
+from r1jax.runtime import EMBEDDED_BASE
 
 from configs import r1zero
 from r1jax import sampling, train
 from r1jax.checkpoint import load_model, tokenizer_path
 from r1jax.data import load_dataset, templates
 from r1jax.models import count_params
-from r1jax.runtime import EMBEDDED_BASE
 from r1jax.tokenizer import load_tokenizer
 
 

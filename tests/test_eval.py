@@ -11,14 +11,15 @@ from fractions import Fraction
 import pytest
 from rl_utils import make_model_dir
 
-from configs import eval as eval_configs
-from r1jax import eval as E
-from r1jax import eval_run, sampling
-from r1jax.checkpoint import load_model, tokenizer_path
-from r1jax.config_checks import ConfigError
+from r1jax import configs, sampling
+from r1jax import evaluation as E
+from r1jax.configs import eval as eval_configs
 from r1jax.data import DataError, templates
+from r1jax.errors import ConfigError
+from r1jax.models.store import load_model, tokenizer_path
 from r1jax.rewards import RewardPool
 from r1jax.rewards.math import extract_answer
+from r1jax.stages import evaluate as ev
 from r1jax.tokenizer import load_tokenizer
 
 
@@ -27,14 +28,16 @@ def model_dir(tmp_path_factory):
     return make_model_dir(str(tmp_path_factory.mktemp("model")))
 
 
-def tiny(model_dir, **changes):
-    c = eval_configs.get_config(f"model={model_dir}")
-    c.mesh = [("fsdp", 1)]
-    c.update(dict(num_questions=3, k=2, pass_ks=(1, 2), max_new_tokens=8, chunk=4))
-    c.prompts_per_batch = 2  # batches [0, 1], [2]; a resumed run batches differently
+def tiny(model_dir, benchmark="sumchain", **changes):
+    """3 questions x 2 samples of 8 new tokens; `changes`: {"dotted.key": value} overrides."""
+    c = configs.load(f"eval:model={model_dir},benchmark={benchmark}")
+    c.mesh = (("fsdp", 1),)
+    c.data.num_examples = 3
     c.data.kwargs = dict(test_size=8)
-    c.update(changes)
-    return c
+    c.sampling.update(num_samples=2, max_new_tokens=8, chunk=4)
+    c.sampling.num_prompts = 2  # batches [0, 1], [2]; a resumed run batches differently
+    c.pass_ks = (1, 2)
+    return configs.override(c, changes)
 
 
 # -- metrics ------------------------------------------------------------------------------------
@@ -141,11 +144,11 @@ def _read(path):
 
 def test_run_is_reproducible_and_resumes_to_the_same_result(model_dir, tmp_path):
     c = tiny(model_dir)
-    a = E.run(c, str(tmp_path / "a"))
-    E.run(c, str(tmp_path / "b"))
-    samples = _read(tmp_path / "a" / E.SAMPLES)
-    assert _read(tmp_path / "b" / E.SAMPLES) == samples
-    assert _read(tmp_path / "b" / E.SUMMARY) == _read(tmp_path / "a" / E.SUMMARY)
+    a = ev.run(c, str(tmp_path / "a"))
+    ev.run(c, str(tmp_path / "b"))
+    samples = _read(tmp_path / "a" / ev.SAMPLES)
+    assert _read(tmp_path / "b" / ev.SAMPLES) == samples
+    assert _read(tmp_path / "b" / ev.SUMMARY) == _read(tmp_path / "a" / ev.SUMMARY)
     rows = [json.loads(x) for x in samples.splitlines()]
     assert [(r["index"], r["sample"]) for r in rows] == [(i, j) for i in range(3) for j in range(2)]
     assert [r["id"] for r in rows[::2]] == [f"sumchain/s0/test/{i}" for i in range(3)]
@@ -158,32 +161,43 @@ def test_run_is_reproducible_and_resumes_to_the_same_result(model_dir, tmp_path)
     assert (a["num_questions"], a["num_samples"], a["complete"]) == (3, 6, True)
 
     # Interrupted by the hook after the first batch (2 questions), then resumed.
-    part = E.run(c, str(tmp_path / "c"), stop_after=1)
+    part = ev.run(c, str(tmp_path / "c"), stop_after=1)
     assert (part["num_questions"], part["complete"]) == (2, False)
-    assert _read(tmp_path / "c" / E.SAMPLES) == "".join(samples.splitlines(True)[:4])
-    assert E.run(c, str(tmp_path / "c")) == a
-    assert _read(tmp_path / "c" / E.SAMPLES) == samples
+    assert _read(tmp_path / "c" / ev.SAMPLES) == "".join(samples.splitlines(True)[:4])
+    assert ev.run(c, str(tmp_path / "c")) == a
+    assert _read(tmp_path / "c" / ev.SAMPLES) == samples
 
     # Killed mid-write: question 0 whole, question 1 cut short, a half line. The resumed run
     # redoes questions 1 and 2 in one batch [1, 2] and gets the same samples.
+    # Or killed while writing question 2's first line: questions 0 and 1 whole, a half line;
+    # the half line must go before the resumed run appends question 2.
     lines = samples.splitlines(True)
-    os.makedirs(tmp_path / "d")
-    with open(tmp_path / "d" / E.SAMPLES, "w") as f:
-        f.write("".join(lines[:3]) + lines[3][:20])
-    with open(tmp_path / "d" / E.META, "w") as f:
-        f.write(_read(tmp_path / "a" / E.META))
-    assert E.run(c, str(tmp_path / "d")) == a
-    assert _read(tmp_path / "d" / E.SAMPLES) == samples
+    for name, kept, half in (("d", 3, lines[3][:20]), ("e", 4, lines[4][:20])):
+        os.makedirs(tmp_path / name)
+        with open(tmp_path / name / ev.SAMPLES, "w") as f:
+            f.write("".join(lines[:kept]) + half)
+        with open(tmp_path / name / ev.META, "w") as f:
+            f.write(_read(tmp_path / "a" / ev.META))
+        assert ev.run(c, str(tmp_path / name)) == a
+        assert _read(tmp_path / name / ev.SAMPLES) == samples
 
 
 def test_greedy_equals_argmax_sampling(model_dir, tmp_path):
-    c = tiny(model_dir, greedy=True, k=1, pass_ks=(1,), num_questions=2)
-    s = E.run(c, str(tmp_path))
-    assert s["config"]["greedy"] and s["k"] == 1
-    rows = [json.loads(x) for x in _read(tmp_path / E.SAMPLES).splitlines()]
+    c = tiny(
+        model_dir,
+        **{
+            "sampling.greedy": True,
+            "sampling.num_samples": 1,
+            "pass_ks": (1,),
+            "data.num_examples": 2,
+        },
+    )
+    s = ev.run(c, str(tmp_path))
+    assert s["config"]["sampling"]["greedy"] and s["k"] == 1
+    rows = [json.loads(x) for x in _read(tmp_path / ev.SAMPLES).splitlines()]
     cfg, params = load_model(model_dir)
     tok = load_tokenizer(tokenizer_path(model_dir))
-    questions = eval_run.load_questions(c)
+    questions = ev.load_questions(c)
     prompts = [templates.r1zero(q["question"]) for q in questions]
     greedy = sampling.SamplingConfig(
         max_new_tokens=8, temperature=0.0, chunk=4, eos_ids=tuple(tok.eos_ids), pad_id=tok.pad_id
@@ -197,46 +211,45 @@ def test_greedy_equals_argmax_sampling(model_dir, tmp_path):
 
 def test_resume_with_another_config_is_refused(model_dir, tmp_path):
     c = tiny(model_dir)
-    eval_run.check_meta(str(tmp_path), eval_run.run_meta(c, model_dir))
+    ev.check_meta(str(tmp_path), ev.run_meta(c, model_dir))
     with pytest.raises(ConfigError, match=r"seed: 0 -> 1.*another --workdir"):
-        E.run(tiny(model_dir, seed=1), str(tmp_path))
-    with pytest.raises(ConfigError, match=r"k: 2 -> 4"):
-        E.run(tiny(model_dir, k=4), str(tmp_path))
+        ev.run(tiny(model_dir, seed=1), str(tmp_path))
+    with pytest.raises(ConfigError, match=r"sampling: \{.*'num_samples': 2.*\} -> \{.*'num_sa"):
+        ev.run(tiny(model_dir, **{"sampling.num_samples": 4}), str(tmp_path))
     other = tmp_path / "train_run"
     os.makedirs(other)
-    (other / E.SAMPLES).write_text('{"step": 0}\n')
+    (other / ev.SAMPLES).write_text('{"step": 0}\n')
     with pytest.raises(ConfigError, match=r"no eval_meta.json.*training run"):
-        E.run(c, str(other))
-    bad = tmp_path / E.SAMPLES
+        ev.run(c, str(other))
+    bad = tmp_path / ev.SAMPLES
     bad.write_text('{"index": 0, "sample": 0, "id": "x"}\nnot json\n{}\n')
     with pytest.raises(ValueError, match=r"eval_samples.jsonl, line 2: not valid JSON"):
-        eval_run.load_samples(str(bad), [{"id": "x"}], 2)
+        ev.load_samples(str(bad), [{"id": "x"}], 2)
     bad.write_text('{"index": 0, "sample": 0, "id": "gsm8k/test/0"}\n')
     with pytest.raises(ConfigError, match=r"line 1: question 0 has id 'gsm8k/test/0'.*changed"):
-        eval_run.load_samples(str(bad), [{"id": "gsm8k/test/7"}], 2)
+        ev.load_samples(str(bad), [{"id": "gsm8k/test/7"}], 2)
 
 
 def test_bad_config_and_data_are_named(model_dir, tmp_path):
     with pytest.raises(ValueError, match=r"benchmark='mmlu' is unknown"):
         eval_configs.get_config("benchmark=mmlu")
-    for change, msg in [
-        (dict(benchmark="mmlu"), r"config.benchmark: unknown 'mmlu'"),
-        (dict(k=0), r"config.k: samples per question must be >= 1, got 0"),
-        (dict(greedy=True), r"config.k: greedy decoding gives identical samples"),
-        (dict(pass_ks=(1, 4)), r"config.pass_ks: pass@4 needs at least 4 samples.*k=2"),
+    for change, error, msg in [
+        ({"data.name": "mmlu"}, ValueError, r"unknown dataset 'mmlu'"),
+        ({"sampling.num_samples": 0}, ConfigError, r"config.sampling.num_samples: must be >= 1"),
+        ({"sampling.greedy": True}, ConfigError, r"config.sampling.num_samples: greedy decod"),
+        ({"pass_ks": (1, 4)}, ConfigError, r"config.pass_ks: pass@4 needs at least 4.*samples=2"),
     ]:
-        with pytest.raises(ConfigError, match=msg):
-            E.run(tiny(model_dir, **change), str(tmp_path / "w"))
+        with pytest.raises(error, match=msg):
+            ev.run(tiny(model_dir, **change), str(tmp_path / "w"))
+    assert not (tmp_path / "w").exists()  # refused before anything is written
     math500 = tmp_path / "math500.jsonl"
     rows = [dict(problem="1+1?", answer="2"), dict(problem="2+2?", answer=" ", unique_id="q/2")]
     math500.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    c = tiny(model_dir, benchmark="math500")
-    c.data.path = str(math500)
+    c = tiny(model_dir, benchmark="math500", **{"data.path": str(math500)})
     with pytest.raises(ValueError, match=r"'math500' \(test split\), question 1 \(id 'q/2'\): no"):
-        E.run(c, str(tmp_path / "w"))
+        ev.run(c, str(tmp_path / "w"))
     gsm8k = tmp_path / "gsm8k.jsonl"
     gsm8k.write_text('{"question": "1+1?", "answer": "so #### 2"}\n{"question": "2+2?"}\n')
-    c = tiny(model_dir, benchmark="gsm8k")
-    c.data.path = str(gsm8k)
+    c = tiny(model_dir, benchmark="gsm8k", **{"data.path": str(gsm8k)})
     with pytest.raises(DataError, match=r"gsm8k.jsonl, line 2: field 'answer': missing"):
-        E.run(c, str(tmp_path / "w"))
+        ev.run(c, str(tmp_path / "w"))

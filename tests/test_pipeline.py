@@ -4,27 +4,30 @@ earlier stages, and the rerun resumes at the stage that crashed."""
 import json
 import os
 
+import ml_collections
 import pytest
 from rl_utils import make_model_dir
 
-from configs import r1
-from r1jax import pipeline, rejection
+from r1jax import configs
+from r1jax.stages import pipeline, rejection
 
 
 def _tiny_pipeline(base):
-    c = r1.get_config()
+    c = configs.load("r1")
     c.base = base
     c.cold_start_examples, c.preference_pairs = 16, 16
-    c.cold_start.update(steps=2, batch_rows=4, micro_rows=4)
-    c.rejection_sft.update(steps=2, batch_rows=4, micro_rows=4)
+    # Every stage on the 8 test devices: micro-batches of 8 rows (one per device).
+    c.cold_start.update(steps=2, batch_size=8, micro_batch=8)
+    c.rejection_sft.update(steps=2, batch_size=8, micro_batch=8)
     for rl in (c.reasoning_rl, c.all_scenario_rl):
-        rl.update(steps=2, ckpt_every=1)
-        rl.rollout.update(
-            num_prompts=2, group_size=4, max_new_tokens=8, chunk=4, max_prompt_len=128
+        rl.update(steps=2, ckpt_every=1, micro_batch=8)
+        rl.sampling.update(
+            num_prompts=2, num_samples=4, max_new_tokens=8, chunk=4, max_prompt_len=128
         )
-        rl.rl.micro_batch = 8
-    c.rejection.data.num_prompts = 4
-    c.rejection.rewards = {"accuracy": {"name": "tests.rl_utils:reward_one", "weight": 1.0}}
+    c.rejection.data.num_examples = 4
+    c.rejection.rewards = ml_collections.ConfigDict(
+        {"accuracy": {"name": "tests.rl_utils:reward_one", "weight": 1.0, "kwargs": {}}}
+    )
     c.rejection.correctness = "accuracy"
     c.rejection.filters.update(
         drop_truncated=False,
@@ -32,18 +35,11 @@ def _tiny_pipeline(base):
         max_repeated_ngram_frac=0.0,
         max_line_repeats=0,
     )
-    c.rejection.sampling.update(
-        num_samples=2, prompts_per_batch=4, max_new_tokens=8, max_prompt_len=128
-    )
-    c.reward_model.update(steps=2, batch_pairs=4, micro_pairs=4)
-    c.eval.update(
-        num_questions=4,
-        k=2,
-        prompts_per_batch=4,
-        max_new_tokens=8,
-        max_prompt_len=128,
-        pass_ks=(1, 2),
-    )
+    c.rejection.sampling.update(num_samples=2, num_prompts=4, max_new_tokens=8, max_prompt_len=128)
+    c.reward_model.update(steps=2, batch_size=8, micro_batch=8)
+    c.eval.data.num_examples = 4
+    c.eval.sampling.update(num_samples=2, num_prompts=4, max_new_tokens=8, max_prompt_len=128)
+    c.eval.pass_ks = (1, 2)
     return c
 
 
@@ -56,7 +52,7 @@ def test_pipeline_evaluates_every_stage_and_resumes_after_a_crash(tmp_path, monk
         raise RuntimeError("simulated crash in stage 3")
 
     with monkeypatch.context() as m:
-        m.setattr(rejection, "rejection_sample", crash)
+        m.setattr(rejection, "run", crash)
         with pytest.raises(RuntimeError, match="simulated crash"):
             pipeline.run_pipeline(c, work)
     stage_dirs = sorted(os.listdir(work))

@@ -48,16 +48,37 @@ def _per_device_bytes(tree) -> int:
     return next(iter(sizes.values()))
 
 
+def _sharded_params(cfg, mesh):
+    """Real parameter arrays in the model's shardings (what init_params makes, without its
+    slow sharded random-number compile)."""
+    shapes = tfm.abstract_params(cfg)
+    return jax.tree.map(
+        lambda a, s: jax.device_put(np.zeros(a.shape, a.dtype), s),
+        shapes,
+        tfm.param_shardings(cfg, mesh),
+    )
+
+
 @pytest.mark.parametrize(
     "shape", [{"fsdp": 2, "tensor": 4}, {"data": 2, "fsdp": 2, "tensor": 2}, {"fsdp": 8}]
 )
 def test_sharded_param_and_opt_bytes_equal_real_shards(shape):
     mesh = shd.make_mesh(tuple(shape.items()))
-    params = tfm.init_params(ODD, jax.random.key(0), mesh)
-    opt_state = jax.jit(optax.adamw(1e-3).init)(params)
+    params = _sharded_params(ODD, mesh)
+    opt = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(1e-3))  # as optim.py builds
+    # jax.jit(opt.init)(params) alone leaves the state on one device; say where it goes.
+    shardings = optax.tree_map_params(
+        opt,
+        lambda _, p: p.sharding,
+        jax.eval_shape(opt.init, params),
+        params,
+        transform_non_params=lambda _: shd.replicated(mesh),
+    )
+    opt_state = jax.jit(opt.init, out_shardings=shardings)(params)
     am = pl.abstract_mesh(shape)
-    assert pl.param_bytes(ODD, am) == _per_device_bytes(params)
-    assert pl.opt_state_bytes(ODD, am) == _per_device_bytes(opt_state)
+    real = _per_device_bytes(params)
+    assert pl.param_bytes(ODD, am) == real
+    assert pl.opt_state_bytes(ODD, am, opt) == _per_device_bytes(opt_state) == 2 * real + 4
 
 
 def _train_like_memory(cfg, shape, n, P, T):
@@ -79,28 +100,25 @@ def _train_like_memory(cfg, shape, n, P, T):
 KW = dict(vocab_chunk=8192, with_entropy=True)
 
 
-@pytest.mark.parametrize("remat", [False, True])
-@pytest.mark.parametrize("shape,n,P,T", [({}, 4, 32, 96), ({"data": 8}, 16, 64, 192)])
-def test_estimates_against_compiled_memory_analysis(remat, shape, n, P, T):
+@pytest.mark.parametrize(
+    "shape,remat,n,P,T", [({}, False, 4, 32, 96), ({"data": 2, "tensor": 4}, True, 16, 64, 192)]
+)
+def test_estimates_against_compiled_memory_analysis(shape, remat, n, P, T):
     cfg = SMALL.replace(remat=remat)
     m = _train_like_memory(cfg, shape or {"fsdp": 1}, n, P, T)
     s = pl.Settings(1, 1, P, T, micro_batch=n)
     am = pl.abstract_mesh(shape)
-    rows = n // am.size
+    rows = n // (am.shape["data"] * am.shape["fsdp"])
     # Arguments: the parameter shards and two int32 [rows, S] arrays, exactly.
     assert m.argument_size_in_bytes == pl.param_bytes(cfg, am) + 2 * rows * (P + T) * 4
     # Output: the gradient, like the params (plus a few bytes of tuple).
     assert m.output_size_in_bytes == pytest.approx(pl.param_bytes(cfg, am), rel=0.01)
-    # Activations are an estimate. Measured ratios estimate/temp: 0.90 and 1.18 (one device,
-    # without / with remat), 0.95 and 0.98 (data=8); held to 1.3x either way.
+    # Activations are an estimate. Measured estimate/temp: 0.90 (one device, no remat) and 1.09
+    # (data=2 x tensor=4, remat; 0.99 and 1.01 the other way round); held to 1.25x either way.
+    # (With fsdp > 1 the CPU compile runs the log-prob head on the whole micro-batch and needs up
+    # to ~2x the estimate; see plan.py.)
     ratio = pl.activation_bytes(cfg, am, s, remat) / m.temp_size_in_bytes
-    assert 1 / 1.3 < ratio < 1.3, (ratio, m.temp_size_in_bytes)
-
-
-def test_argument_size_matches_fsdp_sharded_params():
-    m = _train_like_memory(SMALL, {"fsdp": 4, "tensor": 2}, 8, 16, 48)
-    am = pl.abstract_mesh({"fsdp": 4, "tensor": 2})
-    assert m.argument_size_in_bytes == pl.param_bytes(SMALL, am) + 2 * 2 * 64 * 4
+    assert 1 / 1.25 < ratio < 1.25, (ratio, m.temp_size_in_bytes)
 
 
 def _nbytes(tree) -> int:
@@ -119,7 +137,7 @@ def test_kv_cache_matches_prefill_and_init_suffix():
     # On data=2, fsdp=2, tensor=2 the prompts split 4 ways and the 2 kv heads 2 ways; the
     # prefix shards are those of a real sharded prefill.
     mesh = shd.make_mesh((("data", 2), ("fsdp", 2), ("tensor", 2)))
-    real = tfm.init_params(ODD, jax.random.key(0), mesh)
+    real = _sharded_params(ODD, mesh)
     tokens = jax.device_put(np.ones((B, P), np.int32), shd.batch_sharding(mesh, 2, B))
     _, pre = jax.jit(tfm.prefill, static_argnums=3)(real, tokens, tokens, ODD)
     local_prefix = sum(x.addressable_shards[0].data.nbytes for x in jax.tree.leaves(pre))
@@ -161,9 +179,17 @@ def test_paper_settings_recommend_meshes_with_hand_checked_components():
     q7 = get_preset("qwen2.5-7b", dtype="bfloat16", remat=True)
     q32 = get_preset("qwen2.5-32b", dtype="bfloat16", remat=True)
     p7, why7 = pl.recommend(q7, "v5p-64", s, label="7b")
-    # Naive attention keeps [rows, heads, S, S] scores: 32k tokens do not fit a v5p chip.
-    assert p7.mesh == {"data": 1, "fsdp": 8, "tensor": 4} and not p7.fits
-    assert why7.startswith("nothing fits") and "update" in why7
+    # 8 rows per micro-batch split at most 8 ways, so tensor=4 takes the other factor of 32.
+    assert p7.mesh == {"data": 1, "fsdp": 8, "tensor": 4}
+    assert p7.fits and why7.startswith("fits: 84.5 of 95.0 GiB")
+    # Activations (remat) by hand: 1 row of S = 32768 per chip, 7 of 28 q heads, 1 kv head,
+    # F/4 = 4736, bf16. Saved layer inputs, the bool mask, then one layer's backward: linear
+    # terms, the kept softmax (fp32 + bf16), fp32 scores, the layer's weights and gradient.
+    S = 32768
+    lin = S * (3 * 3584 * 2 + 4 * 3584 + 3 * (7 + 1) * 128 * 2 + 2 * 4736 * 2)
+    w = 2 * (2 * 3584 * 896 + 2 * 3584 * 128 + 3 * 3584 * 4736 + 2 * 3584 + 896 + 2 * 128)
+    work = lin + 7 * S * S * (4 + 2) + 7 * S * S * 4 + 2 * w
+    assert p7.activations == 28 * S * 3584 * 2 + S * S + work == 85_041_906_176
     # Parameters: every matrix splits 32 ways; q/k/v biases 4 ways over tensor; norms whole.
     norms, biases = 28 * 2 * 3584 + 3584, 28 * (28 + 8) * 128
     assert p7.params == 4 * ((7_615_616_512 - norms - biases) // 32 + biases // 4 + norms)
@@ -171,12 +197,22 @@ def test_paper_settings_recommend_meshes_with_hand_checked_components():
     per_pos = 2 * 28 * 1 * 128 * 2
     assert p7.kv_cache == 4 * 1024 * (per_pos + 1) + 4 * 4 + 64 * 31744 * per_pos + 4
 
-    p32, _ = pl.recommend(q32, "h100x8", s, label="32b")
+    p32, why32 = pl.recommend(q32, "h100x8", s, label="32b")
     assert p32.mesh == {"data": 1, "fsdp": 8, "tensor": 1} and not p32.fits
+    # The rollout dominates: 4 prompts x 16 rows per GPU, each with 64 layers of 8 kv heads.
+    per_pos = 2 * 64 * 8 * 128 * 2
+    assert p32.kv_cache == 4 * 1024 * (per_pos + 1) + 4 * 4 + 64 * 31744 * per_pos + 4
+    assert "largest part rollout" in why32
+    assert not pl.recommend(q32, "v5p-64", s)[0].fits
     norms, biases = 64 * 2 * 5120 + 5120, 64 * (40 + 16) * 128
     assert p32.params == 4 * ((32_763_876_352 - norms - biases) // 8 + norms + biases)
     assert p32.opt_state == 2 * p32.params + 4 and p32.grads == 2 * p32.params
     assert p32.ref_params == p32.params
+
+    # 28 heads allow tensor <= 4, so 64 GPUs have >= 16 batch shards: 8 rows cannot split.
+    assert pl.recommend(q7, "h100x64", s)[1].startswith("no mesh takes micro_batch=8")
+    p, why = pl.recommend(q7, "h100x64", dataclasses.replace(s, micro_batch=16))
+    assert p.mesh == {"data": 1, "fsdp": 16, "tensor": 4} and "micro_batch" not in why
 
     # At 8k tokens (1024 + 7168) both fit a v5p-64 slice.
     short = dataclasses.replace(s, max_new_tokens=7168)

@@ -9,11 +9,10 @@ import numpy as np
 import pytest
 from rl_utils import make_model_dir
 
-from configs import rejection as rejection_config
-from r1jax import rejection as rs
-from r1jax import sft
+from r1jax import configs
 from r1jax import text_filters as tf
-from r1jax.data import load_dataset
+from r1jax.data import load_dataset, packing
+from r1jax.stages import rejection as rs
 
 
 def reward_chars_mod3(prompts, completions, **fields):
@@ -119,19 +118,21 @@ def test_selector_order_dedupe_and_quota():
 def run(tmp_path_factory):
     model = make_model_dir(str(tmp_path_factory.mktemp("model")))
     work = str(tmp_path_factory.mktemp("rs"))
-    c = rejection_config.get_config(f"model={model}")
-    c.mesh = [("fsdp", 1)]
-    c.data.num_prompts = 6
-    c.rewards = {"acc": dict(name="tests.test_rejection:reward_chars_mod3", weight=1.0)}
+    c = configs.load(f"rejection:model={model}")
+    c.mesh = (("fsdp", 1),)
+    c.data.num_examples = 6
+    c.rewards = ml_collections.ConfigDict(
+        {"acc": dict(name="tests.test_rejection:reward_chars_mod3", weight=1.0, kwargs={})}
+    )
     c.correctness = "acc"
-    c.reward_workers = 0
+    c.reward_pool.workers = 0
     # top-k 2 over 3 tokens: at most 8 distinct completions, so 8 samples repeat themselves.
-    c.sampling.update(num_samples=8, prompts_per_batch=4, max_new_tokens=3, chunk=3)
+    c.sampling.update(num_samples=8, num_prompts=4, max_new_tokens=3, chunk=3)
     c.sampling.update(temperature=1.0, top_k=2, top_p=1.0)
     c.filters.update(drop_truncated=False, max_paragraph_chars=11, max_line_repeats=0)
     c.max_per_prompt = 1
     c.save_dropped = True
-    return c, work, rs.rejection_sample(c, work)
+    return c, work, rs.run(c, work)
 
 
 def _rows(path):
@@ -191,8 +192,8 @@ def test_run_end_to_end(run):
 def test_output_is_sft_data(run):
     c, work, _ = run
     path = rs.output_paths(c, work)["data"]
-    dcfg = ml_collections.ConfigDict({"source": "jsonl:" + path})
-    pairs = sft.load_examples(dcfg)
+    dcfg = ml_collections.ConfigDict({"name": "jsonl:" + path, "num_examples": 0})
+    pairs = packing.load_examples(dcfg)
     assert pairs == [(r["prompt"], r["completion"]) for r in _rows(path)]
     assert not [p for p in os.listdir(work) if p.endswith(".tmp")]
 
@@ -210,19 +211,19 @@ def test_interrupted_run_resumes_to_the_same_output(run, tmp_path, monkeypatch):
     resumed = str(tmp_path / "rs")
     monkeypatch.setattr(rs, "sample_batches", two_then_stop)
     with pytest.raises(KeyboardInterrupt):
-        rs.rejection_sample(c, resumed)
+        rs.run(c, resumed)
     paths = rs.output_paths(c, resumed)
     assert not os.path.exists(paths["data"]) and len(_rows(paths["journal"])) == 2  # config, 1
     monkeypatch.setattr(rs, "sample_batches", real)
     changed = c.copy_and_resolve_references()
     changed.max_per_prompt = 2
     with pytest.raises(ValueError, match="max_per_prompt: 1 -> 2"):
-        rs.rejection_sample(changed, resumed)
+        rs.run(changed, resumed)
     firsts = []
     monkeypatch.setattr(
         rs, "sample_batches", lambda *a, **kw: (firsts.append(kw["first"]), real(*a, **kw))[1]
     )
-    assert rs.rejection_sample(c, resumed) == {**stats, "output": paths["data"]}
+    assert rs.run(c, resumed) == {**stats, "output": paths["data"]}
     assert firsts == [1]  # the finished batch was not sampled again
     for name in ("data", "dropped"):
         assert _rows(paths[name]) == _rows(rs.output_paths(c, work)[name])

@@ -61,7 +61,9 @@ def model(init: str = EMBEDDED, preset: str = "tiny", **overrides) -> ml_collect
     field is declared, None meaning "the model's own value"."""
     unknown = sorted(set(overrides) - set(MODEL_FIELDS))
     if unknown:
-        raise KeyError(f"model(): {unknown} are not ModelConfig fields; known: {list(MODEL_FIELDS)}")
+        raise KeyError(
+            f"model(): {unknown} are not ModelConfig fields; known: {list(MODEL_FIELDS)}"
+        )
     ov = ml_collections.ConfigDict()
     for name, kind in MODEL_FIELDS.items():
         value = overrides.get(name)

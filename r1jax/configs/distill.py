@@ -18,9 +18,8 @@ traces (r1_paper.md §4: 2-3 epochs, cosine decay to 0.1x, lr 1e-4 for Qwen2.5-M
 64); the optimizer defaults below follow that recipe.
 """
 
-from r1jax.configs import common
+from r1jax.configs import common, r1zero, rejection, sft
 from r1jax.configs import eval as eval_config
-from r1jax.configs import r1zero, rejection, sft
 
 
 def logit_config(arg=None):

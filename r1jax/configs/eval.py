@@ -55,9 +55,7 @@ def get_config(arg=None):
     c.benchmark = arg.benchmark
     # Generated tasks (sumchain, countdown) take a data seed and task options (data.kwargs);
     # named datasets are read from data.path or data.data_dir.
-    c.data = common.data(
-        dataset, split="test", template=template, num_examples=questions, seed=0
-    )
+    c.data = common.data(dataset, split="test", template=template, num_examples=questions, seed=0)
     c.chat_template = "chatml"  # for r1_eval: "chatml", or "model" (the tokenizer's template)
     c.rewards = common.rewards(accuracy=(reward, 1.0, REWARD_OPTIONS[reward]))
     c.correctness = "accuracy"

@@ -14,7 +14,6 @@ is those configs pointed at real data: e.g. --config.base=/path/to/base and
 --config.cold_start.data.name=jsonl:/path/cold_start.jsonl.
 """
 
-
 import ml_collections
 
 from r1jax.configs import eval as eval_config

@@ -41,8 +41,13 @@ def get_config(arg=None):
     c.reward_pool = common.reward_pool(workers=0 if embedded else 8)
     # num_samples (N) completions for each of num_prompts prompts per batch.
     c.sampling = common.sampling(
-        num_prompts=8, num_samples=16, max_new_tokens=4096, max_prompt_len=1024,
-        temperature=0.7, top_p=0.95, chunk=64,
+        num_prompts=8,
+        num_samples=16,
+        max_new_tokens=4096,
+        max_prompt_len=1024,
+        temperature=0.7,
+        top_p=0.95,
+        chunk=64,
     )
     c.filters = dict(
         drop_truncated=True,
@@ -61,8 +66,13 @@ def get_config(arg=None):
     c.save_dropped = False
     if embedded:
         c.sampling.update(
-            num_prompts=64, num_samples=8, max_new_tokens=64, chunk=16, max_prompt_len=80,
-            temperature=1.0, top_p=1.0,
+            num_prompts=64,
+            num_samples=8,
+            max_new_tokens=64,
+            chunk=16,
+            max_prompt_len=80,
+            temperature=1.0,
+            top_p=1.0,
         )
         c.max_per_prompt = 2
     return c

@@ -18,7 +18,6 @@ below; `steps` is then 66,000 / 256 = 258); safety 106,000 prompts, pointwise, s
 (steps 414).
 """
 
-
 from r1jax.configs import common
 
 

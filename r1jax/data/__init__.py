@@ -9,7 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from r1jax.data import embedded  # noqa: F401  (registers the embedded task)
+from r1jax.data import (
+    embedded,  # noqa: F401  (registers the embedded task)
+    tfds_io,
+)
 from r1jax.data.iterator import DataIterator, IndexPermutation
 from r1jax.data.sources import (
     NAMED_SOURCES,
@@ -20,6 +23,7 @@ from r1jax.data.sources import (
     last_boxed,
     load_named,
     read_file,
+    schema_for_tfds,
     split_files,
     write_jsonl,
     write_parquet,
@@ -86,9 +90,6 @@ def load_dataset(
         return [ex for f in files for ex in read_file(f, schema or "canonical", f"{f.stem}")]
     if spec.startswith("tfds:"):
         _reject(spec, path=path)
-        from r1jax.data import tfds_io
-        from r1jax.data.sources import schema_for_tfds
-
         name = spec[len("tfds:") :]
         rows = tfds_io.read_tfds(name, split, data_dir=data_dir)
         return convert_rows(rows, schema or schema_for_tfds(name), f"{name}/{split}")

@@ -19,7 +19,8 @@ _TEXT_FIELDS = {"pairwise": ("prompt", "chosen", "rejected"), "pointwise": ("pro
 
 
 def encode_text(tokenizer, prompt: str, response: str, max_len: int) -> tuple[list[int], bool]:
-    """Token ids of prompt (as the tokenizer encodes prompts) + response + EOS, keeping the last max_len; (ids, cut)."""
+    """Ids of prompt (as the tokenizer encodes prompts) + response + EOS, keeping the last
+    max_len; (ids, cut)."""
     ids = tokenizer.encode_prompt(prompt) + tokenizer.encode(response) + [tokenizer.eos_id]
     return ids[-max_len:], len(ids) > max_len
 

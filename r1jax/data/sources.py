@@ -15,6 +15,11 @@ import pathlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from r1jax.data import tfds_io
+
 
 class DataError(ValueError):
     """A bad row; the message names the file (or dataset), the line / row and the field."""
@@ -236,8 +241,6 @@ def _jsonl_rows(path: pathlib.Path) -> Iterator[tuple[str, Any]]:
 
 
 def _parquet_rows(path: pathlib.Path) -> Iterator[tuple[str, Any]]:
-    import pyarrow.parquet as pq
-
     for i, row in enumerate(pq.read_table(path).to_pylist()):
         yield f"{path}, row {i}", row
 
@@ -276,9 +279,6 @@ def write_jsonl(path: str | pathlib.Path, examples: Iterable[dict]) -> None:
 
 
 def write_parquet(path: str | pathlib.Path, examples: Sequence[dict]) -> None:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     pq.write_table(pa.Table.from_pylist(list(examples)), path)
 
 
@@ -294,8 +294,6 @@ def load_named(
     if path is not None:
         files = split_files(path, repo_split)
         return [ex for f in files for ex in read_file(f, source.schema, f"{name}/{split}")]
-    from r1jax.data import tfds_io
-
     rows = tfds_io.read_tfds(source.tfds_name, repo_split, data_dir=data_dir)
     return convert_rows(rows, source.schema, f"{name}/{split}")
 
@@ -311,7 +309,6 @@ OTHER_REPOS = {
 
 def schema_for_tfds(tfds_name: str) -> str:
     """The schema of a known hub repo given as a TFDS name; 'canonical' for anything else."""
-    from r1jax.data import tfds_io
 
     def repo_key(name: str) -> str:
         return tfds_io.local_tfds_name(name).split("/")[0]

@@ -9,21 +9,17 @@ policy samples starts right after it. Sources, quoted verbatim:
 - ``qwen_math``: Qwen2.5-Math ``evaluation/utils.py`` prompt type ``"qwen-boxed"``.
 - ``r1_eval``: DeepSeek-R1 README usage recommendations (no system prompt, the boxed
   instruction in the user turn, the output forced to start with ``"<think>\\n"``).
-- ``render_chat_template``: a checkpoint's own jinja chat template, rendered like transformers.
+- ``chatml`` and ``render_chat_template`` (a checkpoint's own jinja chat template) live in
+  r1jax/chat_template.py, beside the tokenizer that applies them.
 """
 
 from __future__ import annotations
 
-import functools
 import inspect
-import json
 from collections.abc import Callable, Mapping, Sequence
-from datetime import datetime
 from typing import Any
 
-import jinja2
-import jinja2.ext
-from jinja2.sandbox import ImmutableSandboxedEnvironment
+from r1jax.chat_template import Messages, chatml, render_chat_template  # noqa: F401 (re-export)
 
 R1ZERO_TEMPLATE = (
     "A conversation between User and Assistant. The user asks a question, and the Assistant "
@@ -51,8 +47,6 @@ QWEN_MATH_SYSTEM = "You are a helpful assistant."
 QWEN25_DEFAULT_SYSTEM = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
 QWEN25_MATH_DEFAULT_SYSTEM = BOXED_INSTRUCTION
 THINK_PREFIX = "<think>\n"
-
-Messages = Sequence[Mapping[str, str]]
 
 
 def r1zero(question: str) -> str:
@@ -85,26 +79,6 @@ def tinyzero_countdown(nums: Sequence[int], target: int, style: str = "base") ->
     raise ValueError(f"tinyzero_countdown: style must be 'base' or 'qwen-instruct', got {style!r}")
 
 
-def chatml(
-    messages: Messages, add_generation_prompt: bool = True, default_system: str | None = None
-) -> str:
-    """ChatML as Qwen2/2.5 formats plain (tool-free) conversations.
-
-    Qwen's own jinja templates insert a system turn when ``messages[0]`` is not one; pass that
-    text as ``default_system`` (e.g. ``QWEN25_DEFAULT_SYSTEM``) to reproduce them exactly. The
-    default (None) inserts nothing, which is what the R1 README asks for.
-    """
-    _check_messages(messages)
-    parts = []
-    if default_system is not None and (not messages or messages[0]["role"] != "system"):
-        parts.append(f"<|im_start|>system\n{default_system}<|im_end|>\n")
-    for m in messages:
-        parts.append(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n")
-    if add_generation_prompt:
-        parts.append("<|im_start|>assistant\n")
-    return "".join(parts)
-
-
 def qwen_math(question: str, system: str | None = QWEN_MATH_SYSTEM) -> str:
     """Qwen2.5-Math "qwen-boxed" prompt: the boxed instruction on a new line in the user turn.
 
@@ -134,56 +108,6 @@ def r1_eval(question: str, render: Callable[..., str] | None = None) -> str:
 def plain(question: str) -> str:
     """The question as-is (for base models that were trained with the prompt in the data)."""
     return question
-
-
-# --- HF jinja chat templates -----------------------------------------------------------------
-
-
-class _GenerationTag(jinja2.ext.Extension):
-    """Accepts TRL-style ``{% generation %}...{% endgeneration %}`` and renders the body as-is."""
-
-    tags = {"generation"}
-
-    def parse(self, parser: jinja2.parser.Parser) -> list[jinja2.nodes.Node]:
-        next(parser.stream)
-        return parser.parse_statements(("name:endgeneration",), drop_needle=True)
-
-
-def _raise_exception(message: str) -> None:
-    raise jinja2.exceptions.TemplateError(message)
-
-
-def _tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False) -> str:
-    # Like transformers: jinja's own tojson escapes HTML characters, which templates do not want.
-    return json.dumps(
-        x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys
-    )
-
-
-@functools.lru_cache(maxsize=16)
-def _compile(chat_template: str) -> jinja2.Template:
-    env = ImmutableSandboxedEnvironment(
-        trim_blocks=True, lstrip_blocks=True, extensions=[_GenerationTag, jinja2.ext.loopcontrols]
-    )
-    env.filters["tojson"] = _tojson
-    env.globals["raise_exception"] = _raise_exception
-    env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
-    return env.from_string(chat_template)
-
-
-def render_chat_template(
-    chat_template: str,
-    messages: Messages,
-    add_generation_prompt: bool = True,
-    **kwargs: Any,
-) -> str:
-    """Renders an HF chat template the way transformers does (sandboxed env, same globals)."""
-    # transformers drops None-valued keys: templates test for missing keys, not None.
-    msgs = [{k: v for k, v in dict(m).items() if v is not None} for m in messages]
-    kwargs = {"tools": None, "documents": None, **kwargs}
-    return _compile(chat_template).render(
-        messages=msgs, add_generation_prompt=add_generation_prompt, **kwargs
-    )
 
 
 # --- registry: templates over example dicts --------------------------------------------------
@@ -231,11 +155,3 @@ def get_template(name: str, **kwargs: Any) -> Callable[[Mapping[str, Any]], str]
     if name == "tinyzero_countdown":
         return lambda ex: fn(_field(ex, "nums", name), _field(ex, "target", name), **kwargs)
     return lambda ex: fn(_question(ex, name), **kwargs)
-
-
-def _check_messages(messages: Messages) -> None:
-    for i, m in enumerate(messages):
-        if not isinstance(m, Mapping) or not isinstance(m.get("role"), str):
-            raise ValueError(f"messages[{i}] must be a dict with a str 'role'; got {m!r}")
-        if not isinstance(m.get("content"), str):
-            raise ValueError(f"messages[{i}] ({m['role']}) must have str 'content'; got {m!r}")

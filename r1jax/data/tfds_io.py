@@ -29,12 +29,12 @@ def local_tfds_name(name: str) -> str:
     and two are owner/repo unless the first already has the tfds '__' form (name/config).
     """
     if not name.startswith(HF_PREFIX):
-        from tensorflow_datasets.core import naming
+        from tensorflow_datasets.core import naming  # heavy (TensorFlow pieces): only for TFDS
 
         if naming.parse_builder_name_kwargs(name)[0].namespace:
             raise ValueError(f"TFDS name {name!r}: only the 'huggingface:' namespace is supported")
         return name
-    from tensorflow_datasets.core.utils.conversion_utils import to_tfds_name
+    from tensorflow_datasets.core.utils.conversion_utils import to_tfds_name  # heavy, as above
 
     parts = name[len(HF_PREFIX) :].split("/")
     if len(parts) == 3:
@@ -55,8 +55,8 @@ def _tfds_form(name: str) -> str:
 
 def read_tfds(name: str, split: str, *, data_dir: str | None = None) -> list[tuple[str, dict]]:
     """All rows of a prepared TFDS split as (location, plain-Python dict) pairs."""
-    import tensorflow_datasets as tfds
-    from tensorflow_datasets.core import read_only_builder, registered
+    import tensorflow_datasets as tfds  # heavy (TensorFlow pieces): only when TFDS is read
+    from tensorflow_datasets.core import read_only_builder, registered  # heavy, as above
 
     local = local_tfds_name(name)
     try:

@@ -101,8 +101,10 @@ def tokenizer_path(path) -> str | None:
 
 
 def default_mesh():
-    return shd.make_mesh((("fsdp", 1),), jax.devices()[:1]) if jax.process_count() == 1 else (
-        shd.make_mesh()
+    return (
+        shd.make_mesh((("fsdp", 1),), jax.devices()[:1])
+        if jax.process_count() == 1
+        else (shd.make_mesh())
     )
 
 
@@ -139,7 +141,9 @@ def overrides_of(section) -> dict:
 def cpu_safe(overrides: dict) -> dict:
     """XLA:CPU has no bf16 x bf16 dot with fp32 output: compute in fp32 on CPU, with a note."""
     if jax.default_backend() == "cpu" and overrides.get("dtype") in ("bfloat16", "float16"):
-        log.warning("compute dtype %s -> float32 on CPU (no low-precision dots)", overrides["dtype"])
+        log.warning(
+            "compute dtype %s -> float32 on CPU (no low-precision dots)", overrides["dtype"]
+        )
         return {**overrides, "dtype": "float32"}
     return overrides
 
@@ -159,3 +163,21 @@ def load_or_init(section, mesh, *, vocab_size: int | None = None, seed: int = 0)
         overrides.setdefault("vocab_size", vocab_size)
     cfg = model_config.get_preset(section.preset, **overrides)
     return cfg, tfm.init_params(cfg, jax.random.key(seed), mesh), None
+
+
+def config_of(section, *, vocab_size: int | None = None) -> ModelConfig:
+    """The ModelConfig a `model` section names, read without loading any weights."""
+    overrides = cpu_safe(overrides_of(section))
+    init = section.get("init", "")
+    if not init:
+        if vocab_size is not None:
+            overrides.setdefault("vocab_size", vocab_size)
+        return model_config.get_preset(section.preset, **overrides)
+    path = files.path(resolve(init))
+    if (path / MODEL_CONFIG).exists():
+        cfg = config_from_json(json.loads((path / MODEL_CONFIG).read_text()), str(path))
+        return cfg.replace(**overrides)
+    if (path / "config.json").exists():
+        hf_cfg = json.loads((path / "config.json").read_text())
+        return model_config.from_hf_config(hf_cfg, str(path / "config.json"), **overrides)
+    raise FileNotFoundError(f"config.model.init: {init!r} is not a model directory")

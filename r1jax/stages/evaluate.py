@@ -50,7 +50,9 @@ def check_config(c) -> None:
         if s[f] < 1:
             raise ConfigError(f"config.sampling.{f}: must be >= 1, got {s[f]}")
     if c.data.num_examples < 0:
-        raise ConfigError(f"config.data.num_examples: must be >= 0 (0: all), got {c.data.num_examples}")
+        raise ConfigError(
+            f"config.data.num_examples: must be >= 0 (0: all), got {c.data.num_examples}"
+        )
     if c.chat_template not in ("chatml", "model"):
         raise ConfigError(f"config.chat_template: 'chatml' or 'model', got {c.chat_template!r}")
 
@@ -79,7 +81,11 @@ def _fingerprint(path) -> str:
     """Names, sizes and modification times of the checkpoint's files: changes when it does."""
     h = hashlib.sha256()
     root = files.path(path)
-    for f in sorted(p for p in root.rglob("*") if p.is_file()):
+    todo, found = [root], []
+    while todo:  # a walk by listing (epath refuses recursive globs: costly on GCS)
+        for p in todo.pop().iterdir():
+            (todo if p.is_dir() else found).append(p)
+    for f in sorted(found):
         st = f.stat()
         h.update(f"{f.relative_to(root)}|{st.length}|{st.mtime}\n".encode())
     return h.hexdigest()[:16]
@@ -143,7 +149,10 @@ def load_samples(path, questions, k: int) -> list[dict]:
         samples[r["index"]].add(r["sample"])
     complete = {i for i, s in samples.items() if s == set(range(k))}
     out = [r for r in kept if r["index"] in complete]
-    if len(out) != len(rows) and distributed.is_main():
+    # A torn last line (read_jsonl skips it) must go too, or the next append would continue it.
+    text = files.path(path).read_text(encoding="utf-8") if files.path(path).exists() else ""
+    torn = not text.endswith("\n") and bool(text)
+    if (len(out) != len(rows) or torn) and distributed.is_main():
         files.write_jsonl(path, out)
     return out
 

@@ -15,12 +15,13 @@ scores and turns into training rows only its own; metrics are sums over every ho
 from __future__ import annotations
 
 import functools
+import logging
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from r1jax import distributed, evaluation, loop, optim, rollout, update
+from r1jax import distributed, evaluation, loop, optim, plan, rollout, update
 from r1jax import sharding as shd
 from r1jax.data import DataIterator, load_dataset, templates
 from r1jax.errors import ConfigError
@@ -31,6 +32,7 @@ from r1jax.rewards import get_reward_fn
 from r1jax.rl import experience, losses
 from r1jax.tokenizer import load_tokenizer
 
+log = logging.getLogger(__name__)
 STEP_METRICS = ("loss", "kl", "clip_frac", "clip_frac_low", "clip_frac_high", "entropy")
 STEP_METRICS += ("grad_norm", "sampler_logp_gap")
 
@@ -75,7 +77,9 @@ def validate(c, mesh=None) -> None:
         except (ValueError, TypeError) as e:
             raise ConfigError(f"config.rewards.{label}: {e}") from None
     e = c.eval.sampling
-    _need(e.num_samples >= 1 and e.num_prompts >= 1, "eval.sampling", "num_samples, num_prompts >= 1")
+    _need(
+        e.num_samples >= 1 and e.num_prompts >= 1, "eval.sampling", "num_samples, num_prompts >= 1"
+    )
     for f in ("steps", "log_every", "ckpt_every"):
         _need(c[f] >= 1, f, "must be >= 1")
     if mesh is None:
@@ -90,9 +94,35 @@ def validate(c, mesh=None) -> None:
     rollout.my_prompts(mesh, B)
     if c.get("eval_every", 0):
         rollout.my_prompts(mesh, e.num_prompts, "config.eval.sampling.num_prompts")
-    _need(B * G % d == 0 and (B * G // d) % rl.num_minibatches == 0, "rl.num_minibatches",
-          f"each of the mesh's {d} batch shards holds {B * G // max(d, 1)} rows, which do not "
-          f"split into {rl.num_minibatches} minibatches ({n} processes)")
+    _need(
+        B * G % d == 0 and (B * G // d) % rl.num_minibatches == 0,
+        "rl.num_minibatches",
+        f"each of the mesh's {d} batch shards holds {B * G // max(d, 1)} rows, which do not "
+        f"split into {rl.num_minibatches} minibatches ({n} processes)",
+    )
+
+
+def check(c) -> None:
+    """Everything that can be checked before loading and compiling (`--dry_run`): the fields,
+    the mesh against the job's devices, the batches against the mesh and the processes, and
+    the memory plan."""
+    validate(c)
+    mesh = shd.make_mesh(c.mesh)
+    validate(c, mesh)
+    check_memory(c, mesh)
+
+
+def check_memory(c, mesh) -> None:
+    """Before anything is loaded: an error when parameters + optimizer state alone exceed the
+    devices' memory, a warning when the whole run is estimated not to fit (r1jax.plan)."""
+    cfg = store.config_of(c.model)
+    p = plan.plan(cfg, dict(mesh.shape), plan.settings_of(c), plan.this_machine(mesh))
+    try:
+        warnings = plan.check(p)
+    except ValueError as e:
+        raise ConfigError(f"config.model / config.mesh: {e}") from None
+    for w in warnings:
+        log.warning("memory plan: %s (python launch/plan.py)", w)
 
 
 def grpo_loss(params, mb, ctx, *, cfg, loss_cfg, policy_loss, prompt_len, temperature, vocab_chunk):
@@ -151,6 +181,7 @@ class GRPO:
         self.workdir = workdir
         self.mesh = shd.make_mesh(c.mesh)
         validate(c, self.mesh)
+        check_memory(c, self.mesh)
         self.cfg, params, tok_dir = store.load_or_init(c.model, self.mesh, seed=c.seed)
         self.tok_dir = c.tokenizer.get("path") or tok_dir
         if not self.tok_dir:
@@ -362,7 +393,10 @@ class GRPO:
         rewards = sorted(k for k in exp if k.startswith("reward/"))
         for k in rewards:
             v = exp[k]
-            sums[f"{k}/sum"], sums[f"{k}/n"] = np.where(np.isfinite(v), v, 0).sum(), np.isfinite(v).sum()
+            sums[f"{k}/sum"], sums[f"{k}/n"] = (
+                np.where(np.isfinite(v), v, 0).sum(),
+                np.isfinite(v).sum(),
+            )
         for name, v in exp["counters"].items():
             sums[f"count/{name}"] = v
         g = distributed.all_sum(sums)
@@ -382,7 +416,9 @@ class GRPO:
             "perf/rollout_tokens_per_s": g["length"] / max(t.get("rollout", 0.0), 1e-9),
         }
         for k in STEP_METRICS:
-            m[f"train/{k}"] = float(np.mean([u[k] for u in updates])) if k in updates[0] else float("nan")
+            m[f"train/{k}"] = (
+                float(np.mean([u[k] for u in updates])) if k in updates[0] else float("nan")
+            )
         for phase in ("rollout", "reward", "score", "update"):
             m[f"time/{phase}_s"] = t.get(phase, 0.0)
         for k in rewards:
@@ -432,9 +468,7 @@ class GRPO:
 
     def export(self, state):
         """The trained policy as a model directory (WORKDIR/model), for the next stage."""
-        store.save_model(
-            f"{self.workdir}/model", state["train"]["params"], self.cfg, self.tok_dir
-        )
+        store.save_model(f"{self.workdir}/model", state["train"]["params"], self.cfg, self.tok_dir)
 
     def run(self) -> dict:
         r = loop.Run(

@@ -26,8 +26,15 @@ def sample(params, cfg, tok, questions, template, s, *, num_samples, mesh, seed=
     mine = rollout.my_prompts(mesh, n_pad, "config.prompts")
     texts, tokens, mask = rollout.encode_prompts(examples[mine], template, tok, 1 << 30)
     out = rollout.generate(
-        params, cfg, s, tokens, mask, jax.random.key(seed),
-        mesh=mesh, num_prompts=n_pad, group_size=num_samples,
+        params,
+        cfg,
+        s,
+        tokens,
+        mask,
+        jax.random.key(seed),
+        mesh=mesh,
+        num_prompts=n_pad,
+        group_size=num_samples,
     )
     comps = rollout.decode_completions(out, tok)
     rows = [
