@@ -94,11 +94,11 @@ def make_prompts(n: int, seed: int = 0) -> list[str]:
 def run_r1jax(
     model_dir: str, prompts: list[str], steps: int, workdir: str, micro: int
 ) -> list[dict]:
-    """Trainer.run() over `steps` steps; returns metrics.jsonl rows."""
+    """GRPO.run() over `steps` steps; returns metrics.jsonl rows."""
     import ml_collections
-    from r1jax.train import Trainer
 
-    from configs import r1zero
+    from r1jax import configs
+    from r1jax.stages import grpo
 
     data = os.path.join(workdir, "data")
     os.makedirs(data)
@@ -106,26 +106,27 @@ def run_r1jax(
         with open(os.path.join(data, f"{split}.jsonl"), "w") as f:
             for i, q in enumerate(prompts):
                 f.write(json.dumps({"id": str(i), "question": q, "answer": "0"}) + "\n")
-    c = r1zero.get_config()
+    c = configs.load("r1zero")
     c.model.init = model_dir
-    c.model.overrides = dict(
+    c.model.overrides.update(
         param_dtype="float32", dtype="float32", remat=False, unroll_decode=True
     )
-    c.mesh = [("fsdp", 1)]
+    c.mesh = (("fsdp", 1),)
     c.data.update(name=f"jsonl:{data}/{{split}}.jsonl", template="plain")
     c.rewards = ml_collections.ConfigDict(
-        {"low": dict(name="benchmarks.grpo_step:reward_low_words", weight=1.0)}
+        {"low": dict(name="benchmarks.grpo_step:reward_low_words", weight=1.0, kwargs={})}
     )
-    c.correctness, c.reward_workers = None, 0
-    c.rollout.update(num_prompts=B, group_size=G, max_new_tokens=T, chunk=16, max_prompt_len=P,
-                     temperature=1.0, top_p=1.0, top_k=0)  # fmt: skip
-    c.rl.update(loss_type="grpo", beta=BETA, num_minibatches=1, num_epochs=1, micro_batch=micro,
+    c.correctness, c.reward_pool.workers = None, 0
+    c.sampling.update(num_prompts=B, num_samples=G, max_new_tokens=T, chunk=16, max_prompt_len=P,
+                      temperature=1.0, top_p=1.0, top_k=0)  # fmt: skip
+    c.rl.update(loss_type="grpo", beta=BETA, num_minibatches=1, num_epochs=1,
                 ref_reset_every=0, adv_scale="group")  # fmt: skip
+    c.micro_batch = micro
     c.optim.update(lr=LR, warmup_steps=0, schedule="constant", weight_decay=0.0, b2=0.999,
                    grad_clip=1.0)  # fmt: skip
     c.steps, c.log_every, c.ckpt_every = steps, 1, 10**6
     c.eval_every, c.samples_every = 0, 0
-    trainer = Trainer(c, os.path.join(workdir, "run"))
+    trainer = grpo.GRPO(c, os.path.join(workdir, "run"))
     # No EOS: every row samples exactly T tokens from the full 64-token distribution, like TRL's.
     trainer.s_train = dataclasses.replace(trainer.s_train, eos_ids=())
     trainer.run()

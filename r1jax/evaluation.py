@@ -40,7 +40,6 @@ from r1jax.rewards.math import answers_equivalent, extract_answer
 log = logging.getLogger(__name__)
 
 
-
 # -- metrics --------------------------------------------------------------------------------------
 
 
@@ -245,7 +244,7 @@ def evaluate(
         tokens, mask = sampling.pad_prompts([ids[i] for i in padded], tokenizer.pad_id, length)
         index = np.asarray(padded, np.int32)
         mine, out = _sample(params, cfg, s, k, tokens, mask, index, seed, mesh)
-        real = [q for q in range(mine.start, mine.stop) if q < len(idx)]  # padding copies are dropped
+        real = [q for q in range(mine.start, mine.stop) if q < len(idx)]  # padding copies dropped
         out = {n: v[: len(real) * k] for n, v in out.items()}
         qs = [idx[q] for q in real]
         batch = _score(examples, texts, qs, out, tokenizer, stack, k, answer_fallback)

@@ -147,4 +147,3 @@ def generate(params, cfg, s, tokens_BP, mask_BP, key, *, mesh, num_prompts: int,
     key_data = host_key(key)
     out = _sampler(cfg, s, group_size, tuple(sorted(rows.items())))(params, tokens, mask, key_data)
     return {k: distributed.local_data(v) for k, v in out.items()}
-

@@ -35,6 +35,7 @@ import optax
 from r1jax import distributed, optim
 from r1jax import sharding as shd
 from r1jax.data import DataIterator
+from r1jax.errors import ConfigError
 from r1jax.rl import losses
 
 f32 = jnp.float32
@@ -121,6 +122,22 @@ def unsplit(x: jax.Array) -> np.ndarray:
     n_micro, micro_local = a.shape[:2]
     a = a.reshape((n_micro, d_local, micro_local // d_local) + a.shape[2:])
     return np.swapaxes(a, 0, 1).reshape((n_micro * micro_local,) + a.shape[3:])
+
+
+def check_batch(mesh, batch_size: int, micro_batch: int) -> None:
+    """config.batch_size / config.micro_batch against the mesh, before anything is loaded: each
+    micro-batch must split over the mesh's batch shards and the batch into micro-batches."""
+    d = shd.batch_divisor(mesh)
+    if micro_batch <= 0 or micro_batch % d:
+        raise ConfigError(
+            f"config.micro_batch: {micro_batch} rows do not split over the mesh's {d} batch "
+            f"shards (mesh {dict(mesh.shape)}); use a multiple of {d}"
+        )
+    if batch_size % micro_batch:
+        raise ConfigError(
+            f"config.batch_size: {batch_size} rows do not split into micro-batches of "
+            f"config.micro_batch={micro_batch}"
+        )
 
 
 def my_rows(mesh, n: int) -> slice:

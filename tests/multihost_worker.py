@@ -12,7 +12,9 @@ onto the mesh and export it back).
 import json
 import os
 import shutil
+import signal
 import sys
+import time
 
 import jax
 import numpy as np
@@ -48,6 +50,20 @@ def record_draws(workdir):
     return wrap
 
 
+def preempt(process: int, at: int):
+    """SIGTERM to this process during step `at`, on process `process` only (a preemption)."""
+
+    def wrap(step_fn):
+        def step(i, state):
+            if i == at and distributed.process_index() == process:
+                os.kill(os.getpid(), signal.SIGTERM)
+            return step_fn(i, state)
+
+        return step
+
+    return wrap
+
+
 def run(task):
     kind, wd = task["kind"], task.get("workdir")
     mesh = tuple(map(tuple, task.get("mesh", (("fsdp", -1),))))
@@ -58,6 +74,8 @@ def run(task):
         t = grpo.GRPO(c, wd)
         if task.get("record_draws"):
             t.step = record_draws(wd)(t.step)
+        if task.get("preempt"):
+            t.step = preempt(*task["preempt"])(t.step)
         t.run()
         save_params(t.state, os.path.join(wd, "params.npz"))
     elif kind == "copy":
@@ -102,7 +120,12 @@ def main():
         jax.config.update("jax_compilation_cache_dir", spec["cache"])
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
     for task in spec["tasks"]:
+        t0 = time.perf_counter()
         run(task)
+        if distributed.is_main():
+            print(
+                f"task {task['kind']} {task.get('workdir', '')}: {time.perf_counter() - t0:.1f} s"
+            )
     distributed.barrier("done")
 
 

@@ -3,13 +3,12 @@
 import json
 
 import numpy as np
-from r1jax.runtime import EMBEDDED_BASE
 
-from configs import r1zero
-from r1jax import sampling, train
-from r1jax.checkpoint import load_model, tokenizer_path
+from r1jax import configs, sampling
 from r1jax.data import load_dataset, templates
 from r1jax.models import count_params
+from r1jax.models.store import EMBEDDED_BASE, load_model, tokenizer_path
+from r1jax.stages import grpo
 from r1jax.tokenizer import load_tokenizer
 
 
@@ -28,10 +27,10 @@ def test_shipped_base_model_loads_and_answers_in_the_r1zero_format():
 
 
 def test_default_config_runs_two_steps(tmp_path):
-    c = r1zero.get_config()
+    c = configs.load("r1zero")
     c.steps, c.eval_every, c.samples_every = 2, 2, 1
-    c.eval.num_questions, c.eval.prompts_per_batch = 8, 8
-    last = train.train_and_evaluate(c, str(tmp_path))
+    c.eval.num_questions, c.eval.sampling.num_prompts = 8, 8
+    last = grpo.run(c, str(tmp_path))
     rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
     assert [r["step"] for r in rows] == [0, 1, 2]
     # The shipped base model is the one whose curves the README shows: step-0 pass@1 ~0.27 on

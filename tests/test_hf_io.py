@@ -12,9 +12,8 @@ import numpy as np
 import pytest
 from hf_utils import edit_json, left_padded_batch, make_hf_model, torch_logits
 
-from r1jax import checkpoint
 from r1jax import sharding as shd
-from r1jax.models import UnsupportedConfigError, load_hf_config, logits
+from r1jax.models import UnsupportedConfigError, load_hf_config, logits, store
 from r1jax.models import hf as hf_io
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -220,10 +219,10 @@ def test_r1jax_checkpoint_roundtrip_and_convert_cli(qwen3_dir, tmp_path):
     subprocess.run(run + [f"--src={qwen3_dir}", f"--dst={dst}"], check=True)
     subprocess.run(run + [f"--src={dst}", f"--dst={back}", "--to=hf"], check=True)
     _, p0 = hf_io.load_hf(qwen3_dir)
-    cfg1, p1 = checkpoint.load_model(dst)
+    cfg1, p1 = store.load_model(dst)
     _params_equal(p0, p1)
     _params_equal(p0, hf_io.load_hf(back)[1])
-    assert cfg1 == checkpoint.load_model(back)[0]
+    assert cfg1 == store.load_model(back)[0]
 
 
 def _broken_copy(src, dst, mutate):
@@ -324,19 +323,20 @@ def test_sample_cli_greedy_equals_transformers_generate(kind, tmp_path):
     vocab = model.config.vocab_size
     _word_tokenizer(path, vocab)
     prompts = [[5, 9, 17, 3], [11, 2]]
-    out = str(tmp_path / "out.jsonl")
+    texts = tuple(" ".join(f"w{i}" for i in p) for p in prompts)
     cmd = [
         sys.executable,
         os.path.join(ROOT, "launch", "sample.py"),
-        f"--checkpoint={path}",
-        "--max_new_tokens=32",
-        "--temperature=0",
-        f"--output={out}",
+        f"--config=configs/sample.py:model={path}",
+        f"--workdir={tmp_path / 'out'}",
+        "--config.template=plain",
+        f"--config.prompts={texts!r}",
+        "--config.sampling.greedy=true",
+        "--config.sampling.num_samples=1",
+        "--config.sampling.max_new_tokens=32",
     ]
-    for p in prompts:
-        cmd.append("--prompt=" + " ".join(f"w{i}" for i in p))
-    subprocess.run(cmd, check=True, capture_output=True)
-    rows = [json.loads(line) for line in open(out)]
+    subprocess.run(cmd, check=True, capture_output=True, cwd=ROOT)
+    rows = [json.loads(line) for line in open(tmp_path / "out" / "samples.jsonl")]
     assert [len(r["token_ids"]) for r in rows] == [32, 32]
     assert len({t for r in rows for t in r["token_ids"]}) > 8  # not a degenerate repetition
     for p, row in zip(prompts, rows, strict=True):

@@ -129,6 +129,7 @@ PUBLISHED = {
     "qwen2.5-1.5b": 1.54,
     "qwen2.5-3b": 3.09,
     "qwen2.5-7b": 7.61,
+    "qwen2.5-32b": 32.8,
     "qwen2.5-math-1.5b": 1.54,
     "qwen2.5-math-7b": 7.62,
     "qwen3-0.6b": 0.6,

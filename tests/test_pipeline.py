@@ -16,11 +16,15 @@ def _tiny_pipeline(base):
     c = configs.load("r1")
     c.base = base
     c.cold_start_examples, c.preference_pairs = 16, 16
-    # Every stage on the 8 test devices: micro-batches of 8 rows (one per device).
-    c.cold_start.update(steps=2, batch_size=8, micro_batch=8)
-    c.rejection_sft.update(steps=2, batch_size=8, micro_batch=8)
+    # The mechanics of the recipe, on one device (sharded runs are tested stage by stage).
+    one = (("fsdp", 1),)
+    for stage in (c.cold_start, c.reasoning_rl, c.rejection, c.rejection_sft, c.reward_model):
+        stage.mesh = one
+    c.all_scenario_rl.mesh = c.eval.mesh = one
+    c.cold_start.update(steps=1, batch_size=8, micro_batch=8)
+    c.rejection_sft.update(steps=1, batch_size=8, micro_batch=8)
     for rl in (c.reasoning_rl, c.all_scenario_rl):
-        rl.update(steps=2, ckpt_every=1, micro_batch=8)
+        rl.update(steps=1, ckpt_every=1, micro_batch=8)
         rl.sampling.update(
             num_prompts=2, num_samples=4, max_new_tokens=8, chunk=4, max_prompt_len=128
         )
@@ -36,7 +40,7 @@ def _tiny_pipeline(base):
         max_line_repeats=0,
     )
     c.rejection.sampling.update(num_samples=2, num_prompts=4, max_new_tokens=8, max_prompt_len=128)
-    c.reward_model.update(steps=2, batch_size=8, micro_batch=8)
+    c.reward_model.update(steps=1, batch_size=8, micro_batch=8)
     c.eval.data.num_examples = 4
     c.eval.sampling.update(num_samples=2, num_prompts=4, max_new_tokens=8, max_prompt_len=128)
     c.eval.pass_ks = (1, 2)

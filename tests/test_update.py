@@ -202,7 +202,9 @@ def test_non_gradient_state_is_updated_after_the_optimizer_step():
     step, state, batch, rows = _toy(mesh, extra={"err_sum": jnp.zeros(())}, after_update=after)
     errs = []
     for _ in range(3):
-        errs.append(float(np.mean(np.abs(rows["x"] @ np.asarray(state["params"]["w"]) - rows["y"]))))
+        errs.append(
+            float(np.mean(np.abs(rows["x"] @ np.asarray(state["params"]["w"]) - rows["y"])))
+        )
         state, m = step(state, batch)
         assert m["abs_err"] == pytest.approx(errs[-1], rel=1e-5)
     assert float(state["extra"]["err_sum"]) == pytest.approx(sum(errs), rel=1e-5)
@@ -243,7 +245,10 @@ def test_scorer_sums_and_ratios():
     rows = {"v": np.arange(8, dtype=np.float32), "mask": np.ones(8, np.float32)}
     batch, bs = update.put_batch(mesh, rows, micro=4)
     scorer = update.make_scorer(
-        lambda p, mb: {"mean": (mb["v"].sum() * p, mb["mask"].sum()), "v_max": (mb["v"].max(), 1.0)},
+        lambda p, mb: {
+            "mean": (mb["v"].sum() * p, mb["mask"].sum()),
+            "v_max": (mb["v"].max(), 1.0),
+        },
         param_shardings=shd.replicated(mesh),
         batch_shardings=bs,
         rows=False,

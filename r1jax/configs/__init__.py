@@ -26,7 +26,8 @@ def path_of(spec: str) -> str:
     shipped = os.path.join(DIR, name if name.endswith(".py") else name + ".py")
     if os.path.isfile(shipped) and name not in ("__init__.py", "common.py"):
         return shipped
-    known = sorted(f[:-3] for f in os.listdir(DIR) if f.endswith(".py") and not f.startswith("_"))
+    known = sorted(f[:-3] for f in os.listdir(DIR) if f.endswith(".py") and f[0] != "_")
+    known.remove("common")
     raise FileNotFoundError(f"--config={spec}: no such file, nor a shipped config {known}")
 
 

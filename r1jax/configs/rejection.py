@@ -8,7 +8,7 @@ A real model (any r1jax or Hugging Face model directory; `data=` a spec of load_
 Writes WORKDIR/rejection.jsonl (the "sft" schema), rejection.stats.json (sampled, kept, dropped
 per reason) and, with --config.save_dropped, rejection.dropped.jsonl with each drop reason.
 Train on the result (R1's stage-3 SFT, or trace distillation into a student) with
-launch/sft.py and an SFT config whose data.source is "jsonl:WORKDIR/rejection.jsonl" (data.name),
+launch/sft.py and an SFT config whose data.name is "jsonl:WORKDIR/rejection.jsonl",
 data.loss_on_prompt=False and model.init the model to fine-tune (r1jax/data/packing.py).
 
 R1 [V2 B.3.3] samples "several" responses per prompt from the stage-1 checkpoint and keeps only

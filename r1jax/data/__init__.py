@@ -93,9 +93,9 @@ def load_dataset(
         name = spec[len("tfds:") :]
         rows = tfds_io.read_tfds(name, split, data_dir=data_dir)
         return convert_rows(rows, schema or schema_for_tfds(name), f"{name}/{split}")
-    raise ValueError(
-        f"unknown dataset {spec!r}; expected a task {sorted(TASKS)}, a named dataset "
-        f"{sorted(NAMED_SOURCES)}, or jsonl:PATH, parquet:PATH, tfds:NAME"
+    raise DataError(
+        f"unknown dataset {spec!r} (config.data.name); expected a task {sorted(TASKS)}, a "
+        f"named dataset {sorted(NAMED_SOURCES)}, or jsonl:PATH, parquet:PATH, tfds:NAME"
     )
 
 

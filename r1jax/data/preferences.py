@@ -44,7 +44,7 @@ def load_rows(source: str, objective: str = "pairwise") -> list[dict]:
     check_objective(objective)
     path = source[len("jsonl:") :] if source.startswith("jsonl:") else source
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"config.data.source={source!r}: no such file")
+        raise FileNotFoundError(f"config.data.name={source!r}: no such file")
     out = []
     for where, row in _jsonl_rows(path):
         if not isinstance(row, dict):

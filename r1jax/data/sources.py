@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import pathlib
+import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
@@ -43,34 +44,43 @@ def gsm8k_answer(solution: str) -> str | None:
     return solution.rsplit("####", 1)[1].strip().replace(",", "")
 
 
-def last_boxed(text: str) -> str | None:
-    """Contents of the last \\boxed{...} (or \\fbox{...}) in `text`; nested braces are matched.
+_BOX = re.compile(r"\\(?:boxed|fbox)(?![a-zA-Z])\s*")
 
-    Escaped braces (\\{ \\}) are literal text, not grouping. The brace-less form `\\boxed 5`
-    returns the text up to the next '$'. None if there is no complete box.
+
+def boxed_contents(text: str) -> list[str]:
+    """Contents of every complete `\\boxed{...}` / `\\fbox{...}` in `text`, in order: the one
+    `\\boxed{}` extractor of r1jax (gold answers of MATH here, completions in rewards.math).
+
+    Braces nest; a backslash escapes the next character (`\\{`, `\\}` and `\\\\` are text, not
+    grouping). The brace-less `\\boxed 5` takes the next token (up to whitespace or `$`). A box
+    that never closes (a truncated completion) is not an answer.
     """
-    start = max(text.rfind("\\boxed"), text.rfind("\\fbox"))
-    if start < 0:
-        return None
-    i = start + (len("\\boxed") if text.startswith("\\boxed", start) else len("\\fbox"))
-    if text.startswith(" ", i):
-        return text[i:].split("$", 1)[0].strip() or None
-    if not text.startswith("{", i):
-        return None
-    depth, j = 0, i
-    while j < len(text):
-        c = text[j]
-        if c == "\\":
-            j += 2  # Skip the escaped character (\{, \}, \\).
+    out = []
+    for m in _BOX.finditer(text):
+        i = m.end()
+        if i < len(text) and text[i] != "{":
+            token = re.match(r"[^\s$]*", text[i:]).group(0)
+            if token:
+                out.append(token)
             continue
-        if c == "{":
-            depth += 1
-        elif c == "}":
-            depth -= 1
+        depth, j = 0, i
+        while j < len(text):
+            c = text[j]
+            if c == "\\":
+                j += 2  # the escaped character is text
+                continue
+            depth += {"{": 1, "}": -1}.get(c, 0)
             if depth == 0:
-                return text[i + 1 : j]
-        j += 1
-    return None
+                out.append(text[i + 1 : j])
+                break
+            j += 1
+    return out
+
+
+def last_boxed(text: str) -> str | None:
+    """Contents of the last complete box in `text` (see boxed_contents), or None."""
+    boxes = boxed_contents(text)
+    return boxes[-1] if boxes else None
 
 
 # ---------------------------------------------------------------------------------------- schemas

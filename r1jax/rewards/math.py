@@ -20,37 +20,19 @@ import re
 import sympy
 from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, verify
 
+from r1jax.data.sources import boxed_contents
+
 # We disable math-verify's alarm-based timeouts on purpose (see module docstring); drop the
 # warning it logs about that once per process.
 for _name in ("math_verify.parser", "math_verify.grader"):
     logging.getLogger(_name).addFilter(lambda r: "Timeout is disabled" not in r.getMessage())
 
 _EXTRACTION = (LatexExtractionConfig(boxed_match_priority=0), ExprExtractionConfig())
-_BOX_RE = re.compile(r"\\(?:boxed|fbox)\s*\{|\\boxed\s+(?=[^\s{])")
 _ANSWER_RE = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 _GSM8K_RE = re.compile(r"####\s*([^\n]*)")
 _NUMBER_RE = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?|-?\d+(?:\.\d+)?|-?\.\d+")
 # `\text{5 dollars}`: a number wrapped in text together with its unit.
 _TEXT_NUMBER_RE = re.compile(r"^\\(?:text|mbox|textrm)\{\s*(-?[\d.,/]+)\s*[^{}\d]*\}$")
-
-
-def _boxed_contents(text: str) -> list[str]:
-    """Contents of every complete `\\boxed{...}` / `\\fbox{...}` (braces may nest)."""
-    out = []
-    for m in _BOX_RE.finditer(text):
-        if not m.group(0).endswith("{"):  # `\boxed 5`: up to the next whitespace or `$`.
-            out.append(re.match(r"[^\s$]+", text[m.end() :]).group(0))
-            continue
-        depth, i = 1, m.end()
-        while i < len(text) and depth:
-            if text[i] == "\\" and text[i + 1 : i + 2] in ("{", "}"):  # escaped brace: literal
-                i += 2
-                continue
-            depth += {"{": 1, "}": -1}.get(text[i], 0)
-            i += 1
-        if depth == 0:  # an unclosed box (truncated completion) is not an answer
-            out.append(text[m.end() : i - 1])
-    return out
 
 
 def _last_number(text: str) -> str | None:
@@ -71,10 +53,10 @@ def extract_answer(text: str, *, fallback: str = "last_number") -> str | None:
         )
     tags = _ANSWER_RE.findall(text)
     if tags:
-        boxes = _boxed_contents(tags[-1])
+        boxes = boxed_contents(tags[-1])
         ans = boxes[-1] if boxes else tags[-1]
         return ans.strip() or None
-    boxes = _boxed_contents(text)
+    boxes = boxed_contents(text)
     if boxes:
         return boxes[-1].strip() or None
     gsm = _GSM8K_RE.findall(text)

@@ -211,6 +211,7 @@ def run(config, workdir) -> dict:
     tok, t_tok = load_tokenizer(s_dir), load_tokenizer(t_dir)
     check_same_tokenizer(tok, t_tok, s_dir, t_dir)
     mesh = shd.make_mesh(c.mesh)
+    update.check_batch(mesh, c.batch_size, c.micro_batch)
     t_cfg, t_params, _ = store.load_or_init(c.teacher, mesh)
     cfg, params, _ = store.load_or_init(c.model, mesh, vocab_size=t_cfg.vocab_size, seed=c.seed)
     V = tok.vocab_size

@@ -19,7 +19,7 @@ from collections import defaultdict
 
 from r1jax import distributed, evaluation, files, rollout
 from r1jax import sharding as shd
-from r1jax.data import load_dataset, templates
+from r1jax.data import TASKS, load_dataset, templates
 from r1jax.errors import ConfigError
 from r1jax.metrics import progress
 from r1jax.models import store
@@ -27,7 +27,6 @@ from r1jax.tokenizer import load_tokenizer
 
 log = logging.getLogger(__name__)
 SAMPLES, SUMMARY, META = "eval_samples.jsonl", "eval.json", "eval_meta.json"
-PROCEDURAL = ("countdown", "sumchain")  # generated tasks: a data seed instead of files
 
 
 def check_config(c) -> None:
@@ -60,7 +59,7 @@ def check_config(c) -> None:
 def load_questions(c) -> list[dict]:
     """The dataset's first config.data.num_examples questions (0: all); each needs an answer."""
     d = c.data
-    if d.name in PROCEDURAL:
+    if d.name in TASKS:  # generated: a data seed and task options instead of files
         if d.path or d.data_dir:
             raise ConfigError(f"config.data.path/data_dir: {d.name} is generated, not read")
         data = load_dataset(d.name, d.split, seed=d.seed, **dict(d.kwargs))

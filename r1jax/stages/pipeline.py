@@ -99,8 +99,8 @@ def run_pipeline(config, workdir) -> dict:
         c = config.cold_start.copy_and_resolve_references()
         c.model.init = base
         if c.data.name == "embedded_cold_start":
-            data = embedded_cold_start(d["cold_start"] / "cold_start.jsonl", config.cold_start_examples)
-            c.data.name = "jsonl:" + data
+            path = d["cold_start"] / "cold_start.jsonl"
+            c.data.name = "jsonl:" + embedded_cold_start(path, config.cold_start_examples)
         sft.run(c, d["cold_start"])
     results["cold_start"] = _finish(config, d["cold_start"])
 

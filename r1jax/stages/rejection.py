@@ -193,8 +193,22 @@ def score(stack, early_reason, exs, texts, out, comps, k):
     return correct, total
 
 
-def sample_batches(params, cfg, tok, examples, template, s, *, k, prompts_per_batch, max_len, key,
-                   mesh, scorer, first=0):
+def sample_batches(
+    params,
+    cfg,
+    tok,
+    examples,
+    template,
+    s,
+    *,
+    k,
+    prompts_per_batch,
+    max_len,
+    key,
+    mesh,
+    scorer,
+    first=0,
+):
     """Yields (examples, prompt texts, generate output, completions, correct, total) per batch of
     prompts, from batch `first` on (batch b always samples with key fold_in(key, b)). Each
     process samples and scores (`scorer`) its own prompts; the batch is gathered from every
@@ -208,8 +222,15 @@ def sample_batches(params, cfg, tok, examples, template, s, *, k, prompts_per_ba
         chunk += [chunk[-1]] * (prompts_per_batch - real)
         texts, tokens, mask = rollout.encode_prompts(chunk[mine], template, tok, max_len)
         out = rollout.generate(
-            params, cfg, s, tokens, mask, jax.random.fold_in(key, b),
-            mesh=mesh, num_prompts=prompts_per_batch, group_size=k,
+            params,
+            cfg,
+            s,
+            tokens,
+            mask,
+            jax.random.fold_in(key, b),
+            mesh=mesh,
+            num_prompts=prompts_per_batch,
+            group_size=k,
         )
         comps = rollout.decode_completions(out, tok)
         correct, total = scorer(chunk[mine], texts, out, comps, k)
@@ -218,9 +239,14 @@ def sample_batches(params, cfg, tok, examples, template, s, *, k, prompts_per_ba
         parts = distributed.gather_objects(local)
         cat = {n: [x for p in parts for x in p[n]] for n in local}
         out = {n: np.asarray(cat[n])[: real * k] for n in out}
-        yield (chunk[:real], cat["texts"][:real], out, cat["comps"][: real * k],
-               np.asarray(cat["correct"], float)[: real * k],
-               np.asarray(cat["total"], np.float32)[: real * k])
+        yield (
+            chunk[:real],
+            cat["texts"][:real],
+            out,
+            cat["comps"][: real * k],
+            np.asarray(cat["correct"], float)[: real * k],
+            np.asarray(cat["total"], np.float32)[: real * k],
+        )
 
 
 def run(config, workdir) -> dict:

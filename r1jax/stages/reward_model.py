@@ -93,6 +93,7 @@ def run(config, workdir) -> dict:
         raise ConfigError(f"config.objective={objective!r}: one of {preferences.OBJECTIVES}")
     examples = preferences.load_rows(c.data.name, objective)
     mesh = shd.make_mesh(c.mesh)
+    update.check_batch(mesh, c.batch_size, c.micro_batch)
     cfg, params, tok_dir = _model(c, mesh)
     tok_dir = c.tokenizer.get("path") or tok_dir
     if not tok_dir:
@@ -135,7 +136,8 @@ def run(config, workdir) -> dict:
                 rows=False,
             )
         m = update.ratios(fns["eval"](state["params"], batch))
-        return {"eval/loss": m["nll"], "eval/accuracy": m["accuracy"], "eval/margin": m["margin"]}, []
+        names = {"eval/loss": "nll", "eval/accuracy": "accuracy", "eval/margin": "margin"}
+        return {k: m[v] for k, v in names.items()}, []
 
     def finish(state):
         reward_head.save(files.path(workdir) / "reward_model", state["params"], cfg, tok_dir)

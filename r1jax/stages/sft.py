@@ -60,6 +60,7 @@ def run(config, workdir) -> dict:
     if not texts:
         raise ConfigError(f"config.data.name={c.data.name!r}: no examples to train on")
     mesh = shd.make_mesh(c.mesh)
+    update.check_batch(mesh, c.batch_size, c.micro_batch)
     tok_dir = _tokenizer(c, texts, workdir)
     tok = load_tokenizer(tok_dir)
     ids = packing.encode_examples(texts, tok)
