@@ -126,7 +126,7 @@ def pod_commands(
     out.append(
         f"gcloud compute tpus tpu-vm scp --recurse {repo} {tpu}:~/r1jax {where} --worker=all"
     )
-    out.append(ssh + shlex.quote("cd ~/r1jax && pip install -q -e '.[tpu]'"))
+    out.append(ssh + shlex.quote('cd ~/r1jax && pip install -q -e ".[tpu]"'))
     out.append(ssh + shlex.quote("cd ~/r1jax && python " + shlex.join(command)))
     return out
 

@@ -26,7 +26,7 @@ import sentencepiece as spm
 from tokenizers import AddedToken
 from tokenizers import Tokenizer as _HFTok
 
-from r1jax import chat_template
+from r1jax import chat_template, files
 
 TEMPLATE_TAGS = ("<think>", "</think>", "<answer>", "</answer>")
 # HF names of the special-token attributes that chat templates can read (bos_token, ...).
@@ -108,11 +108,11 @@ class SentencePieceTokenizer(Tokenizer):
     """A SentencePiece ``.model``. Control pieces (<s>, </s>, <pad>) and <unk> are special."""
 
     def __init__(self, model_path: str | os.PathLike, chat_template: str | None = None):
-        self.path = Path(model_path)
+        self.path = files.path(model_path)  # local or gs://: read as bytes
         if not self.path.is_file():
             raise FileNotFoundError(f"SentencePiece model not found: {self.path}")
         try:
-            self.sp = spm.SentencePieceProcessor(model_file=str(self.path))
+            self.sp = spm.SentencePieceProcessor(model_proto=self.path.read_bytes())
         except (OSError, RuntimeError) as e:
             raise ValueError(f"cannot load SentencePiece model {self.path}: {e}") from e
         sp = self.sp
@@ -226,7 +226,7 @@ def train_sentencepiece(
     spm.set_random_generator_seed(seed)
     buf = io.BytesIO()
     spm.SentencePieceTrainer.train(**source, model_writer=buf, **options)
-    prefix = Path(model_prefix)
+    prefix = files.path(model_prefix)  # local or gs://
     prefix.parent.mkdir(parents=True, exist_ok=True)
     model_path = prefix.with_name(prefix.name + ".model")
     model_path.write_bytes(buf.getvalue())
@@ -304,13 +304,13 @@ class HFTokenizer(Tokenizer):
     """
 
     def __init__(self, path: str | os.PathLike, extra_eos_tokens: Sequence[str] = ()):
-        path = Path(path)
+        path = files.path(path)  # local or gs://
         self.dir = path.parent if path.is_file() else path
         tok_file = path if path.is_file() else path / "tokenizer.json"
         if not tok_file.is_file():
             raise FileNotFoundError(f"no tokenizer.json at {path}")
         try:
-            self.tok = _HFTok.from_file(str(tok_file))
+            self.tok = _HFTok.from_str(tok_file.read_text(encoding="utf-8"))
         except Exception as e:  # tokenizers raises a bare Exception on bad files
             raise ValueError(f"cannot load {tok_file}: {e}") from e
         self.tok.no_truncation()
@@ -402,7 +402,7 @@ def load_tokenizer(path: str | os.PathLike, **kwargs: Any) -> Tokenizer:
     ``tokenizer.model`` (or a single ``*.model``) gives ``SentencePieceTokenizer``, with the
     chat template of a tokenizer_config.json beside it, if any.
     """
-    p = Path(path)
+    p = files.path(path)
     if not p.exists():
         raise FileNotFoundError(f"load_tokenizer: {p} does not exist")
     if p.is_file():

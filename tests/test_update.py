@@ -16,7 +16,7 @@ from r1jax import update
 from r1jax.models import get_preset, init_params
 from r1jax.optim import make_optimizer
 from r1jax.rl import losses
-from r1jax.stages import grpo
+from r1jax.rl import objective
 
 CFG = get_preset(
     "tiny",
@@ -80,7 +80,7 @@ def _update(mesh, micro, loss_type="grpo", steps=1, adam=False):
         optimizer,
         state_shardings=update.shardings_of(state),
         batch_shardings=bs,
-        prepare=functools.partial(grpo.token_weights, loss_type=loss_type, max_len=T),
+        prepare=functools.partial(objective.token_weights, loss_type=loss_type, max_len=T),
     )
     for _ in range(steps):
         state, metrics = step(state, batch)
@@ -89,7 +89,7 @@ def _update(mesh, micro, loss_type="grpo", steps=1, adam=False):
 
 def _grpo_loss(loss_type):
     return functools.partial(
-        grpo.grpo_loss,
+        objective.grpo_loss,
         cfg=CFG,
         loss_cfg=losses.LossConfig(loss_type=loss_type, beta=0.04),
         policy_loss=losses.policy_loss,
@@ -152,7 +152,7 @@ def test_the_builder_equals_the_losses_formula_by_hand():
     def by_hand(p):
         b = {k: jnp.asarray(v) for k, v in rows.items()}
         w = losses.token_weights(b["mask"], "grpo", max_len=T)
-        return grpo.grpo_loss(p, {**b, "weight": w}, {}, **_grpo_loss("grpo").keywords)[0]
+        return objective.grpo_loss(p, {**b, "weight": w}, {}, **_grpo_loss("grpo").keywords)[0]
 
     g = jax.grad(by_hand)(params)
     want = jax.tree.map(lambda p, g: np.asarray(p) - np.asarray(g), params, g)  # SGD(1.0)

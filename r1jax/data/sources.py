@@ -19,6 +19,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from r1jax import files
 from r1jax.data import tfds_io
 
 
@@ -283,9 +284,7 @@ def split_files(
 
 
 def write_jsonl(path: str | pathlib.Path, examples: Iterable[dict]) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        for ex in examples:
-            f.write(json.dumps(ex, ensure_ascii=False) + "\n")
+    files.write_jsonl(path, examples)
 
 
 def write_parquet(path: str | pathlib.Path, examples: Sequence[dict]) -> None:

@@ -25,9 +25,8 @@ import json
 import math
 import os
 import re
-import shutil
 import struct
-import tempfile
+import uuid
 from collections.abc import Callable
 
 import jax
@@ -36,6 +35,7 @@ import numpy as np
 from etils import epath
 from jax.experimental import multihost_utils
 
+from r1jax import files
 from r1jax import sharding as shd
 from r1jax.models import config as config_lib
 from r1jax.models import transformer as tfm
@@ -333,7 +333,7 @@ def write_safetensors(file: str | None, specs, fetch: Callable[[str], np.ndarray
     One tensor is in memory at a time. With file=None nothing is written, but fetch is called
     for the same tensors in the same order (how other processes join process 0's gathers)."""
     header, order = safetensors_header(specs, metadata)
-    with open(file, "wb") if file else contextlib.nullcontext() as f:
+    with files.path(file).open("wb") if file else contextlib.nullcontext() as f:
         if f:
             f.write(header)
         for name in order:
@@ -411,41 +411,41 @@ def save_hf(
         value = e.to_hf(_host_value(_get(params, e.path), i))
         return np.ascontiguousarray(value.astype(_DTYPES[st_dtype]))
 
-    files = _split_files(specs, max_shard_bytes)
-    tmp = None
-    if jax.process_index() == 0:
-        parent = os.path.dirname(os.path.abspath(path))
-        os.makedirs(parent, exist_ok=True)
-        tmp = tempfile.mkdtemp(prefix=".tmp-", dir=parent)
+    shards = _split_files(specs, max_shard_bytes)
+    out, tmp = files.path(path), None
+    if jax.process_index() == 0:  # written aside, then renamed: never a half-written directory
+        tmp = out.parent / f".tmp-{out.name}-{uuid.uuid4().hex[:8]}"
+        tmp.mkdir(parents=True)
     try:
-        for fname, names in files.items():
-            file = os.path.join(tmp, fname) if tmp else None
+        for fname, names in shards.items():
+            file = tmp / fname if tmp else None
             write_safetensors(file, {n: specs[n] for n in names}, fetch, {"format": "pt"})
         if tmp:
-            _write_extras(tmp, cfg, dtype, tokenizer_dir, specs, files)
-            if os.path.exists(path):
-                shutil.rmtree(path)
-            os.rename(tmp, path)
+            _write_extras(tmp, cfg, dtype, tokenizer_dir, specs, shards)
+            if out.exists():
+                out.rmtree()
+            tmp.rename(out)
     except BaseException:
-        if tmp:
-            shutil.rmtree(tmp, ignore_errors=True)
+        if tmp and tmp.exists():
+            tmp.rmtree()
         raise
     if jax.process_count() > 1:  # nobody goes on to read `path` before process 0 is done
         multihost_utils.sync_global_devices(f"r1jax.save_hf:{path}")
 
 
-def _write_extras(tmp, cfg, dtype, tokenizer_dir, specs, files) -> None:
+def _write_extras(tmp, cfg, dtype, tokenizer_dir, specs, shards) -> None:
     """Index (if several files), tokenizer files and config.json: process 0 only."""
-    if len(files) > 1:  # as transformers writes it
+    if len(shards) > 1:  # as transformers writes it
         index = {
             "metadata": {"total_size": sum(_nbytes(*spec) for spec in specs.values())},
-            "weight_map": {n: f for f, names in files.items() for n in names},
+            "weight_map": {n: f for f, names in shards.items() for n in names},
         }
-        with open(os.path.join(tmp, "model.safetensors.index.json"), "w") as f:
-            f.write(json.dumps(index, indent=2, sort_keys=True) + "\n")
+        (tmp / "model.safetensors.index.json").write_text(
+            json.dumps(index, indent=2, sort_keys=True) + "\n"
+        )
     if tokenizer_dir:
         for fname in TOKENIZER_FILES:
-            if os.path.exists(os.path.join(tokenizer_dir, fname)):
-                shutil.copy(os.path.join(tokenizer_dir, fname), tmp)
-    with open(os.path.join(tmp, "config.json"), "w") as f:
-        json.dump(config_lib.to_hf_config(cfg, dtype), f, indent=2)
+            src = files.path(tokenizer_dir) / fname
+            if src.exists():
+                src.copy(tmp / fname)
+    (tmp / "config.json").write_text(json.dumps(config_lib.to_hf_config(cfg, dtype), indent=2))

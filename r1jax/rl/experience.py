@@ -2,14 +2,15 @@
 advantages and minibatches. Arrays are NumPy; rows are prompt-major (row n = prompt n // G).
 
 In a multi-host job each process holds only its own rows (whole groups, in device-block order:
-r1jax.update); nothing here communicates, except `advantages` with adv_scale="batch", whose
-batch std is a global statistic (passed in).
+r1jax.update); only `batch_std` and `rollout_metrics` communicate: they sum a few numbers over
+every host's rows, so the metrics are those of the whole batch.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from r1jax import distributed
 from r1jax.rl import advantages
 
 
@@ -57,3 +58,72 @@ def minibatches(
     order = np.concatenate([j * per_block + perms[b] for j, b in enumerate(blocks)])
     parts = order.reshape(len(blocks), n_minibatches, per_block // n_minibatches)
     return [{k: v[parts[:, i].ravel()] for k, v in rows.items()} for i in range(n_minibatches)]
+
+
+def batch_std(total_N) -> float:
+    """The std (ddof=1) of every host's valid rewards: adv_scale="batch"'s divisor."""
+    ok = np.isfinite(total_N)
+    s = distributed.all_sum({"n": ok.sum(), "sum": np.where(ok, total_N, 0).sum()})
+    mean = s["sum"] / max(s["n"], 1)
+    sq = distributed.all_sum({"sq": np.where(ok, (total_N - mean) ** 2, 0).sum()})["sq"]
+    return float(np.sqrt(sq / max(s["n"] - 1, 1)))
+
+
+def rollout_metrics(exp: dict, adv_stats: dict, group_size: int) -> dict:
+    """train/* and rewards/* of a rollout: sums over every host's rows over global counts
+    (reward mean/std over judged completions; a reward function's mean over the items it
+    judged, NaN if none; fault counters summed). Also "tokens": the completion tokens."""
+    total, ok = exp["total"], np.isfinite(exp["total"])
+    lengths = exp["mask"].sum(1)
+    groups = len(total) // group_size
+    sums = {
+        "n": len(total),
+        "n_ok": ok.sum(),
+        "reward": np.where(ok, total, 0).sum(),
+        "correct": exp["correct"].sum(),
+        "length": lengths.sum(),
+        "truncated": exp["truncated"].sum(),
+        "groups": groups,
+        "flat": float(adv_stats["frac_zero_std"]) * groups,
+    }
+    rewards = sorted(k for k in exp if k.startswith("reward/"))
+    for k in rewards:
+        v = exp[k]
+        sums[f"{k}/sum"] = np.where(np.isfinite(v), v, 0).sum()
+        sums[f"{k}/n"] = np.isfinite(v).sum()
+    for name, v in exp["counters"].items():
+        sums[f"count/{name}"] = v
+    g = distributed.all_sum(sums)
+    mean = g["reward"] / g["n_ok"] if g["n_ok"] else float("nan")
+    sq = distributed.all_sum({"sq": np.where(ok, (total - mean) ** 2, 0).sum()})["sq"]
+    m = {
+        "train/reward": mean,
+        "train/reward_std": float(np.sqrt(sq / g["n_ok"])) if g["n_ok"] else float("nan"),
+        "train/accuracy": g["correct"] / g["n"],
+        "train/completion_len": g["length"] / g["n"],
+        "train/truncated_frac": g["truncated"] / g["n"],
+        "train/frac_zero_std": g["flat"] / g["groups"],
+        "tokens": g["length"],
+    }
+    for k in rewards:
+        n = g[f"{k}/n"]
+        m["rewards/" + k[7:]] = g[f"{k}/sum"] / n if n else float("nan")
+    for name in exp["counters"]:
+        m[f"rewards/count/{name}"] = float(g[f"count/{name}"])
+    return m
+
+
+def sample_rows(exp: dict, n: int) -> list[dict]:
+    """The first n completions of this host's rollout, for samples.jsonl."""
+    rows = []
+    for i in range(min(n, len(exp["prompt"]))):
+        row = {
+            "prompt": exp["prompt"][i],
+            "completion": exp["completion"][i],
+            "reward": float(exp["total"][i]),
+            "correct": bool(exp["correct"][i]),
+            "advantage": float(exp["adv"][i]),
+        }
+        row.update({k: float(v[i]) for k, v in exp.items() if k.startswith("reward/")})
+        rows.append(row)
+    return rows

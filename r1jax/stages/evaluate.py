@@ -17,7 +17,7 @@ import json
 import logging
 from collections import defaultdict
 
-from r1jax import distributed, evaluation, files, rollout
+from r1jax import distributed, evaluation, files, loop, rollout
 from r1jax import sharding as shd
 from r1jax.data import TASKS, load_dataset, templates
 from r1jax.errors import ConfigError
@@ -210,27 +210,31 @@ def _sample(c, questions, todo, path, stop_after) -> None:
             files.append_jsonl(path, [{n: v for n, v in r.items() if n != "prompt"} for r in batch])
         finished += len(batch) // k
         bar.update(len(batch) // k)
-        return stop_after is not None and finished >= stop_after
+        # A SIGTERM on any host stops every host after this batch; a rerun resumes here.
+        return distributed.any_true(stop.requested) or (
+            stop_after is not None and finished >= stop_after
+        )
 
     fallback = c.rewards.accuracy.kwargs.get("last_number_fallback", False)
-    try:
-        evaluation.evaluate(
-            params,
-            cfg,
-            tok,
-            questions,
-            stack,
-            template=templates.get_template(c.data.template, **kw),
-            s=rollout.sampling_config(c.sampling, tok),
-            k=k,
-            prompts_per_batch=c.sampling.num_prompts,
-            max_prompt_len=c.sampling.max_prompt_len,
-            mesh=mesh,
-            seed=c.seed,
-            indices=todo,
-            on_batch=on_batch,
-            answer_fallback="last_number" if fallback else "none",
-        )
-    finally:
-        bar.close()
-        stack.pool.close()
+    with loop.StopSignal() as stop:
+        try:
+            evaluation.evaluate(
+                params,
+                cfg,
+                tok,
+                questions,
+                stack,
+                template=templates.get_template(c.data.template, **kw),
+                s=rollout.sampling_config(c.sampling, tok),
+                k=k,
+                prompts_per_batch=c.sampling.num_prompts,
+                max_prompt_len=c.sampling.max_prompt_len,
+                mesh=mesh,
+                seed=c.seed,
+                indices=todo,
+                on_batch=on_batch,
+                answer_fallback="last_number" if fallback else "none",
+            )
+        finally:
+            bar.close()
+            stack.pool.close()

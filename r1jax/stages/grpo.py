@@ -27,9 +27,8 @@ from r1jax.data import DataIterator, load_dataset, templates
 from r1jax.errors import ConfigError
 from r1jax.metrics import Timer
 from r1jax.models import store
-from r1jax.models import transformer as tfm
 from r1jax.rewards import get_reward_fn
-from r1jax.rl import experience, losses
+from r1jax.rl import experience, losses, objective
 from r1jax.tokenizer import load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -125,53 +124,6 @@ def check_memory(c, mesh) -> None:
         log.warning("memory plan: %s (python launch/plan.py)", w)
 
 
-def grpo_loss(params, mb, ctx, *, cfg, loss_cfg, policy_loss, prompt_len, temperature, vocab_chunk):
-    """One micro-batch's share of the GRPO loss, and its metrics (entropy, sampler gap)."""
-    del ctx
-    logp, ent = tfm.target_logprobs(
-        params,
-        mb["tokens"],
-        tfm.positions_from_mask(mb["attn"]),
-        mb["attn"],
-        cfg,
-        first=prompt_len,
-        temperature=temperature,
-        vocab_chunk=vocab_chunk,
-        with_entropy=True,
-    )
-    loss, metrics = policy_loss(
-        logp, mb.get("old_logp"), mb.get("ref_logp"), mb["adv"], mb["mask"], mb["weight"], loss_cfg
-    )
-    m = mb["mask"].astype(jnp.float32)
-    metrics["entropy"] = ((jax.lax.stop_gradient(ent) * m).sum(), m.sum())
-    gap = jnp.abs(jax.lax.stop_gradient(logp) - mb["sampler_logp"]) * m
-    metrics["sampler_logp_gap"] = (gap.sum(), m.sum())
-    metrics["sampler_logp_gap_max"] = (gap.max(), m.sum())
-    return loss, metrics
-
-
-def token_weights(batch, *, loss_type, max_len):
-    """`prepare` for the update: the loss normaliser of the whole minibatch, per token."""
-    mask = batch["mask"]
-    w = losses.token_weights(mask.reshape(-1, mask.shape[-1]), loss_type, max_len=max_len)
-    return {**batch, "weight": w.reshape(mask.shape)}, {}
-
-
-def frozen_logprobs(params, mb, *, cfg, prompt_len, temperature, vocab_chunk):
-    """Reference / old-policy log-probs of one micro-batch (masked)."""
-    logp, _ = tfm.target_logprobs(
-        params,
-        mb["tokens"],
-        tfm.positions_from_mask(mb["attn"]),
-        mb["attn"],
-        cfg,
-        first=prompt_len,
-        temperature=temperature,
-        vocab_chunk=vocab_chunk,
-    )
-    return logp * mb["mask"]
-
-
 class GRPO:
     """What a GRPO run holds; `run()` trains. Usable from notebooks step by step."""
 
@@ -231,7 +183,7 @@ class GRPO:
     def _scorer(self, P, batch_sh):
         if ("score", P) not in self.fns:
             self.fns["score", P] = update.make_scorer(
-                functools.partial(frozen_logprobs, **self._kw(P)),
+                functools.partial(objective.frozen_logprobs, **self._kw(P)),
                 param_shardings=update.shardings_of(self.state["train"]["params"]),
                 batch_shardings=batch_sh,
             )
@@ -241,13 +193,16 @@ class GRPO:
         if ("train", P) not in self.fns:
             self.fns["train", P] = update.make_train_step(
                 functools.partial(
-                    grpo_loss, loss_cfg=self.loss_cfg, policy_loss=self.policy_loss, **self._kw(P)
+                    objective.grpo_loss,
+                    loss_cfg=self.loss_cfg,
+                    policy_loss=self.policy_loss,
+                    **self._kw(P),
                 ),
                 self.optimizer,
                 state_shardings=update.shardings_of(self.state["train"]),
                 batch_shardings=batch_sh,
                 prepare=functools.partial(
-                    token_weights,
+                    objective.token_weights,
                     loss_type=self.loss_cfg.loss_type,
                     max_len=self.c.sampling.max_new_tokens,
                 ),
@@ -345,7 +300,7 @@ class GRPO:
                 rows["ref_logp"] = update.unsplit(self._scorer(P, sh)(state["ref"], batch))
         if "future" in exp:
             self._rewards(exp, exp.pop("future"))
-        batch_std = self._batch_std(exp["total"]) if rl.adv_scale == "batch" else None
+        batch_std = experience.batch_std(exp["total"]) if rl.adv_scale == "batch" else None
         adv, adv_stats = experience.group_advantages(exp["total"], rl, G, batch_std)
         rows["adv"] = np.asarray(adv, np.float32)
         rng = np.random.default_rng([c.seed, step])
@@ -361,86 +316,31 @@ class GRPO:
         if rl.ref_reset_every and "ref" in state and step % rl.ref_reset_every == 0:
             state["ref"] = jax.tree.map(jnp.copy, train["params"])
         exp["adv"] = rows["adv"]
-        return state, self._metrics(exp, adv_stats, updates, draws, train), self._samples(exp)
+        samples = experience.sample_rows(exp, self.c.get("num_samples_logged", 8))
+        return state, self._metrics(exp, adv_stats, updates, draws, train), samples
 
     def _blocks(self) -> range:
         """The mesh's batch shards (device blocks of rows) that hold this process's rows."""
         d, B = shd.batch_divisor(self.mesh), self.c.sampling.num_prompts
         return range(self.mine.start * d // B, self.mine.stop * d // B)
 
-    def _batch_std(self, total) -> float:
-        ok = np.isfinite(total)
-        s = distributed.all_sum({"n": ok.sum(), "sum": np.where(ok, total, 0).sum()})
-        mean = s["sum"] / max(s["n"], 1)
-        sq = distributed.all_sum({"sq": np.where(ok, (total - mean) ** 2, 0).sum()})["sq"]
-        return float(np.sqrt(sq / max(s["n"] - 1, 1)))
-
     def _metrics(self, exp, adv_stats, updates, draws, train) -> dict:
-        """Global metrics: every mean is a sum over every host's rows over a global count."""
-        total, ok = exp["total"], np.isfinite(exp["total"])
-        lengths = exp["mask"].sum(1)
-        G = self.c.sampling.num_samples
-        sums = {
-            "n": len(total),
-            "n_ok": ok.sum(),
-            "reward": np.where(ok, total, 0).sum(),
-            "correct": exp["correct"].sum(),
-            "length": lengths.sum(),
-            "truncated": exp["truncated"].sum(),
-            "groups": len(total) // G,
-            "flat": float(adv_stats["frac_zero_std"]) * (len(total) // G),
-        }
-        rewards = sorted(k for k in exp if k.startswith("reward/"))
-        for k in rewards:
-            v = exp[k]
-            sums[f"{k}/sum"], sums[f"{k}/n"] = (
-                np.where(np.isfinite(v), v, 0).sum(),
-                np.isfinite(v).sum(),
-            )
-        for name, v in exp["counters"].items():
-            sums[f"count/{name}"] = v
-        g = distributed.all_sum(sums)
-        mean = g["reward"] / max(g["n_ok"], 1) if g["n_ok"] else float("nan")
-        sq = distributed.all_sum({"sq": np.where(ok, (total - mean) ** 2, 0).sum()})["sq"]
         t = self.timer.pop()
-        m = {
-            "train/reward": mean,
-            "train/reward_std": float(np.sqrt(sq / g["n_ok"])) if g["n_ok"] else float("nan"),
-            "train/accuracy": g["correct"] / g["n"],
-            "train/completion_len": g["length"] / g["n"],
-            "train/truncated_frac": g["truncated"] / g["n"],
-            "train/frac_zero_std": g["flat"] / g["groups"],
-            "train/skipped_updates": float(sum(u["skipped"] for u in updates)),
-            "train/lr": float(self.schedule(max(int(distributed.fetch(train["step"])) - 1, 0))),
-            "train/gen_batches": float(draws),
-            "perf/rollout_tokens_per_s": g["length"] / max(t.get("rollout", 0.0), 1e-9),
-        }
+        m = experience.rollout_metrics(exp, adv_stats, self.c.sampling.num_samples)
+        m.update(
+            {
+                "train/skipped_updates": float(sum(u["skipped"] for u in updates)),
+                "train/lr": float(self.schedule(max(int(distributed.fetch(train["step"])) - 1, 0))),
+                "train/gen_batches": float(draws),
+                "perf/rollout_tokens_per_s": m.pop("tokens") / max(t.get("rollout", 0.0), 1e-9),
+            }
+        )
         for k in STEP_METRICS:
-            m[f"train/{k}"] = (
-                float(np.mean([u[k] for u in updates])) if k in updates[0] else float("nan")
-            )
+            has = k in updates[0]
+            m[f"train/{k}"] = float(np.mean([u[k] for u in updates])) if has else float("nan")
         for phase in ("rollout", "reward", "score", "update"):
             m[f"time/{phase}_s"] = t.get(phase, 0.0)
-        for k in rewards:
-            n = g[f"{k}/n"]
-            m["rewards/" + k[7:]] = g[f"{k}/sum"] / n if n else float("nan")
-        for name in exp["counters"]:
-            m[f"rewards/count/{name}"] = float(g[f"count/{name}"])
         return m
-
-    def _samples(self, exp) -> list[dict]:
-        rows = []
-        for n in range(min(self.c.get("num_samples_logged", 8), len(exp["prompt"]))):
-            row = {
-                "prompt": exp["prompt"][n],
-                "completion": exp["completion"][n],
-                "reward": float(exp["total"][n]),
-                "correct": bool(exp["correct"][n]),
-                "advantage": float(exp["adv"][n]),
-            }
-            row.update({k: float(v[n]) for k, v in exp.items() if k.startswith("reward/")})
-            rows.append(row)
-        return rows
 
     # -- evaluation, export, the run ------------------------------------------------------------
     def evaluate(self, step: int, state):

@@ -13,6 +13,7 @@ and refuses a changed config). After each stage the model is evaluated on the he
 
 from __future__ import annotations
 
+import logging
 import random
 
 from r1jax import distributed, files
@@ -20,6 +21,7 @@ from r1jax.data import embedded, templates
 from r1jax.models import store
 from r1jax.stages import distill, evaluate, grpo, rejection, reward_model, sft
 
+log = logging.getLogger(__name__)
 STAGES = ("cold_start", "reasoning_rl", "rejection_sft", "all_scenario_rl")
 
 
@@ -76,11 +78,24 @@ def _evaluate(config, model_dir, out_dir) -> dict:
     return summary
 
 
+class Stopped(Exception):
+    """A stage stopped before its end (SIGTERM): the pipeline stops too; a rerun resumes."""
+
+
+def _finished(output):
+    """`output` of a stage that must have finished; Stopped if it was stopped instead."""
+    if not output.exists():
+        raise Stopped(str(output))
+    return output
+
+
 def _finish(config, stage_dir) -> dict:
     """Evaluates a finished stage once (cached in eval.json) and marks it DONE."""
     done = stage_dir / "DONE"
     if done.exists():
         return files.read_json(stage_dir / "eval.json")
+    if not (stage_dir / "model").exists():
+        raise Stopped(stage_dir.name)
     summary = _evaluate(config, stage_dir / "model", stage_dir)
     if distributed.is_main():
         files.write_text(done, "ok\n")
@@ -89,10 +104,19 @@ def _finish(config, stage_dir) -> dict:
 
 
 def run_pipeline(config, workdir) -> dict:
-    """Runs (or resumes) the four stages; returns {stage: eval summary}."""
-    wd = files.path(workdir)
+    """Runs (or resumes) the four stages; returns {stage: eval summary} of the finished ones
+    (all four, unless a SIGTERM stopped one: rerun to resume)."""
+    results: dict = {}
+    try:
+        _stages(config, files.path(workdir), results)
+    except Stopped as e:
+        log.warning("pipeline stopped in stage %s; rerun the same command to resume", e)
+    return results
+
+
+def _stages(config, wd, results: dict) -> None:
     d = {name: wd / f"{i + 1}_{name}" for i, name in enumerate(STAGES)}
-    results, base = {}, config.base
+    base = config.base
 
     # 1. Cold start: SFT of the base on a small set of long, readable CoT examples.
     if not (d["cold_start"] / "DONE").exists():
@@ -117,8 +141,8 @@ def run_pipeline(config, workdir) -> dict:
         rc = config.rejection.copy_and_resolve_references()
         rc.model.init = str(d["reasoning_rl"] / "model")
         data = s3 / "rejection" / "rejection.jsonl"
-        if not data.exists():
-            rejection.run(rc, s3 / "rejection")
+        if not data.exists() and rejection.run(rc, s3 / "rejection").get("stopped"):
+            raise Stopped("3_rejection_sft")
         c = config.rejection_sft.copy_and_resolve_references()
         c.model.init = base
         c.data.name = f"jsonl:{data}"
@@ -143,24 +167,31 @@ def run_pipeline(config, workdir) -> dict:
     results["all_scenario_rl"] = _finish(config, s4)
     if distributed.is_main():
         files.write_json(wd / "pipeline.json", results)
-    return results
 
 
 def run_distillation(config, workdir) -> dict:
     """Teacher (trained here unless given) -> its correct traces -> the student, fine-tuned on
     them (mode "traces", R1 §4) or distilled on their logits (mode "logits"). Each step resumes
     from its own sub-directory. Returns {"student_base", "teacher", "student"} eval summaries."""
-    wd = files.path(workdir)
+    try:
+        return _distillation(config, files.path(workdir))
+    except Stopped as e:
+        log.warning("distillation stopped in %s; rerun the same command to resume", e)
+        return {}
+
+
+def _distillation(config, wd) -> dict:
     teacher = config.teacher
     if not teacher:
         if not (wd / "teacher" / "model" / store.MODEL_CONFIG).exists():
             grpo.run(config.teacher_rl, wd / "teacher")
-        teacher = str(wd / "teacher" / "model")
+        teacher = str(_finished(wd / "teacher" / "model"))
     traces = wd / "traces" / "rejection.jsonl"
     if not traces.exists():
         rc = config.traces.copy_and_resolve_references()
         rc.model.init = teacher
         rejection.run(rc, traces.parent)
+        _finished(traces)
     student = wd / "student"
     student_base = config.student if config.student != "scratch" else ""
     if not (student / "model" / store.MODEL_CONFIG).exists():
@@ -178,6 +209,7 @@ def run_distillation(config, workdir) -> dict:
             distill.run(c, student)
         else:
             sft.run(c, student)
+        _finished(student / "model")
     results = {}
     for name, model in (
         ("student_base", student_base),

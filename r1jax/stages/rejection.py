@@ -44,7 +44,7 @@ import logging
 import jax
 import numpy as np
 
-from r1jax import distributed, files, rollout
+from r1jax import distributed, files, loop, rollout
 from r1jax import sharding as shd
 from r1jax.checkpoint import check_resume
 from r1jax.data import load_dataset, templates
@@ -293,16 +293,24 @@ def run(config, workdir) -> dict:
     if main:  # rewritten: drops a torn last line
         files.write_jsonl(paths["journal"], [{"config": config_json}, *done])
     bar = progress(-(-n // sc.num_prompts), len(done), "rejection")
-    try:
-        for exs, texts, out, comps, correct, total in batches:
-            rec = _select(selector, exs, texts, out, comps, correct, total, k, save_dropped)
-            if main:
-                files.append_jsonl(paths["journal"], [rec])
-            records.append(rec)
-            bar.update(1)
-    finally:
-        bar.close()
-        stack.pool.close()
+    stopped = False
+    with loop.StopSignal() as stop:
+        try:
+            for exs, texts, out, comps, correct, total in batches:
+                rec = _select(selector, exs, texts, out, comps, correct, total, k, save_dropped)
+                if main:
+                    files.append_jsonl(paths["journal"], [rec])
+                records.append(rec)
+                bar.update(1)
+                if distributed.any_true(stop.requested):  # a preemption on any host: resumable
+                    stopped = True
+                    break
+        finally:
+            bar.close()
+            stack.pool.close()
+    if stopped:
+        log.warning("rejection sampling stopped after %d batches; rerun to resume", len(records))
+        return {"stopped": True, "batches": len(records)}
     kept_rows = [r for rec in records for r in rec["kept"]]
     sampled = sum(rec["sampled"] for rec in records)
     stats = {

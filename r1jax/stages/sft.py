@@ -41,7 +41,6 @@ def _tokenizer(config, texts, workdir) -> str:
     if tok_dir:
         return tok_dir
     tok_dir = files.path(workdir) / "tokenizer"  # deterministic: same corpus, same model
-    tok_dir.mkdir(parents=True, exist_ok=True)
     train_sentencepiece(
         [p + c for p, c in texts[: config.tokenizer.train_docs]],
         str(tok_dir / "sp"),
