@@ -15,8 +15,7 @@ from r1jax import sharding as shd
 from r1jax import update
 from r1jax.models import get_preset, init_params
 from r1jax.optim import make_optimizer
-from r1jax.rl import losses
-from r1jax.rl import objective
+from r1jax.rl import losses, objective
 
 CFG = get_preset(
     "tiny",
