@@ -39,9 +39,30 @@ RESUMABLE_CHANGES = (
     "optim.total_steps",
 )
 
+# Orbax's replica-parallel save cuts each replicated array into one slice per replica with eager
+# jax ops: one compile per (shape, device) on the first save, the "compile storm" of orbax#2934
+# (seconds on CPU, minutes for a large model on a pod). Only large slices gain from spreading the
+# writes, so arrays whose per-replica slice is smaller than this are saved by one replica.
+REPLICA_PARALLEL_MIN_BYTES = 64 << 20
+
+
+def _use_replica_parallel_for_large_arrays_only() -> None:
+    default = ocp.type_handlers.get_type_handler(jax.Array)
+    if (
+        getattr(default, "_min_slice_bytes_for_replica_parallel", None)
+        == REPLICA_PARALLEL_MIN_BYTES
+    ):
+        return
+    handler = ocp.type_handlers.ArrayHandler(
+        min_slice_bytes_for_replica_parallel=REPLICA_PARALLEL_MIN_BYTES,
+        array_metadata_store=getattr(default, "_array_metadata_store", None),
+    )
+    ocp.type_handlers.register_type_handler(jax.Array, handler, override=True)
+
 
 class Checkpointer:
     def __init__(self, workdir, keep: int = 2):
+        _use_replica_parallel_for_large_arrays_only()
         self.dir = files.path(workdir) / "checkpoints"
         self.mngr = ocp.CheckpointManager(
             self.dir, options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)

@@ -26,18 +26,17 @@ from r1jax import configs, distributed, files
 from r1jax.data import DataError
 from r1jax.errors import ConfigError
 
-# command -> (module, function, what it is)
+# command -> (module, its run function, its dry-run check or "", what it is)
 COMMANDS = {
-    "train": ("r1jax.stages.grpo", "run", "GRPO: R1-Zero and the RL stages of R1"),
-    "sft": ("r1jax.stages.sft", "run", "supervised fine-tuning / pretraining"),
-    "distill": ("r1jax.stages.pipeline", "run_distillation", "distillation (traces or logits)"),
-    "eval": ("r1jax.stages.evaluate", "run", "evaluation with R1's protocol"),
-    "rejection": ("r1jax.stages.rejection", "run", "rejection sampling into SFT data"),
-    "reward_model": ("r1jax.stages.reward_model", "run", "reward-model training"),
-    "pipeline": ("r1jax.stages.pipeline", "run_pipeline", "the four-stage R1 pipeline"),
-    "sample": ("r1jax.stages.sample", "run", "sample completions from a checkpoint"),
+    "train": ("r1jax.stages.grpo", "run", "check", "GRPO: R1-Zero and the RL stages of R1"),
+    "sft": ("r1jax.stages.sft", "run", "", "supervised fine-tuning / pretraining"),
+    "distill": ("r1jax.stages.pipeline", "run_distillation", "", "distillation (traces or logits)"),
+    "eval": ("r1jax.stages.evaluate", "run", "", "evaluation with R1's protocol"),
+    "rejection": ("r1jax.stages.rejection", "run", "", "rejection sampling into SFT data"),
+    "reward_model": ("r1jax.stages.reward_model", "run", "", "reward-model training"),
+    "pipeline": ("r1jax.stages.pipeline", "run_pipeline", "", "the four-stage R1 pipeline"),
+    "sample": ("r1jax.stages.sample", "run", "", "sample completions from a checkpoint"),
 }
-VALIDATORS = {"train": ("r1jax.stages.grpo", "check")}
 
 
 def define_flags(fv: flags.FlagValues, command: str, *, with_config=True, argv=None):
@@ -120,19 +119,21 @@ def start(fv) -> None:
             jax.config.update("jax_compilation_cache_dir", cache)
 
 
-def _call(command: str, table=COMMANDS):
-    module, fn, _ = table[command]
-    return getattr(importlib.import_module(module), fn)
+def _stage(command: str, check: bool = False):
+    """The stage function behind `command` (its dry-run check if `check`; None if it has none)."""
+    module, run_fn, check_fn, _ = COMMANDS[command]
+    name = check_fn if check else run_fn
+    return getattr(importlib.import_module(module), name) if name else None
 
 
 def run(command: str, config, workdir):
     """Runs a command's stage; a run that fails before writing anything leaves no workdir."""
     if workdir is None:
-        return _call(command)(config, None)
+        return _stage(command)(config, None)
     wd = files.path(workdir)
     existed = wd.exists()
     try:
-        return _call(command)(config, workdir)
+        return _stage(command)(config, workdir)
     except BaseException:
         if not existed and distributed.is_main():
             files.remove_if_empty(wd)
@@ -156,7 +157,12 @@ def _report(command: str, result) -> None:
             }
         )
     elif command == "rejection":
-        print({k: result[k] for k in ("sampled", "kept", "dropped", "output")})
+        keys = (
+            ("stopped", "batches")
+            if result.get("stopped")
+            else ("sampled", "kept", "dropped", "output")
+        )
+        print({k: result[k] for k in keys})
 
 
 def main(command: str, argv: list[str] | None = None) -> None:
@@ -172,8 +178,8 @@ def main(command: str, argv: list[str] | None = None) -> None:
         start(fv)
         config = fv.config
         if fv.dry_run:  # everything that can be checked without loading or compiling
-            if command in VALIDATORS:
-                _call(command, {command: (*VALIDATORS[command], "")})(config)
+            if check := _stage(command, check=True):
+                check(config)
             print(config)
             return
         _report(command, run(command, config, fv.workdir))

@@ -135,6 +135,8 @@ def runs(tmp_path_factory):
     logs = {}
     logs["2p"] = launch({"cache": cache, "tasks": two}, root / "2p.json", 2, 4)
     logs["1p8"] = launch({"cache": cache, "tasks": eight}, root / "1p8.json", 1, 8)
+    for name, log in logs.items():  # per-task times, for the budget (shown with pytest -s)
+        print(name, *(line for line in log.splitlines() if line.startswith("task ")), sep="\n  ")
     return root, logs
 
 
