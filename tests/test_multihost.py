@@ -1,6 +1,6 @@
 """Multi-host on one machine: 2 processes x 4 CPU devices (gloo on loopback) against 1 process x
 8 devices (the same mesh) and a 4-device mesh (another mesh, on 4 of those devices). Budget:
-about 4 minutes on 2 cores, most of it two job launches (tests/multihost_worker.py runs every
+about 5 minutes on 2 cores, most of it two job launches (tests/multihost_worker.py runs every
 scenario inside each); every wait is bounded, so a hang fails instead of stalling CI.
 
 Checked: a short GRPO run with several minibatches gives equal metrics and parameters; a
@@ -68,12 +68,16 @@ def grpo(workdir, model, mesh=None, **overrides):
     return task | ({"mesh": mesh} if mesh else {})
 
 
+# Adam's eps: at the default 1e-8 a gradient entry of ~1e-8 (pure rounding noise) moves its
+# parameter by ~lr/2 and a 10% difference in that noise by 5% of a step; at 1e-5 the update of
+# such entries is linear in the gradient, so parameters compare what the processes computed.
+ADAM = {"optim.eps": 1e-5}
 GRPO_A = {"steps": 2, "ckpt_every": 5, "rl.num_minibatches": 2, "samples_every": 1,
-          "sampling.num_prompts": 8, "micro_batch": 8}  # fmt: skip
+          "sampling.num_prompts": 8, "micro_batch": 8, **ADAM}  # fmt: skip
 # Resumes on another mesh are compared at one minibatch per rollout: with several, each mesh
 # shuffles rows within its own device blocks (by design), so minibatches differ between meshes.
 RESUME = {"steps": 2, "rl.num_minibatches": 1, "ckpt_every": 10, "sampling.num_prompts": 8,
-          "micro_batch": 8}  # fmt: skip
+          "micro_batch": 8, **ADAM}  # fmt: skip
 MESH8 = [["data", 2], ["fsdp", 4]]
 
 
