@@ -57,7 +57,13 @@ def _use_replica_parallel_for_large_arrays_only() -> None:
         min_slice_bytes_for_replica_parallel=REPLICA_PARALLEL_MIN_BYTES,
         array_metadata_store=getattr(default, "_array_metadata_store", None),
     )
-    ocp.type_handlers.register_type_handler(jax.Array, handler, override=True)
+    absl_log = logging.getLogger("absl")  # orbax warns on every override; this one is intended
+    level = absl_log.level
+    absl_log.setLevel(logging.ERROR)
+    try:
+        ocp.type_handlers.register_type_handler(jax.Array, handler, override=True)
+    finally:
+        absl_log.setLevel(level)
 
 
 class Checkpointer:

@@ -1,6 +1,6 @@
 """Multi-host on one machine: 2 processes x 4 CPU devices (gloo on loopback) against 1 process x
 8 devices (the same mesh) and a 4-device mesh (another mesh, on 4 of those devices). Budget:
-about 5 minutes on 2 cores, most of it two job launches (tests/multihost_worker.py runs every
+about 4 minutes on 2 cores, most of it two job launches (tests/multihost_worker.py runs every
 scenario inside each); every wait is bounded, so a hang fails instead of stalling CI.
 
 Checked: a short GRPO run with several minibatches gives equal metrics and parameters; a
