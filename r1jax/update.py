@@ -178,10 +178,6 @@ def put_table(mesh, rows: dict[str, np.ndarray], micro: int):
 # -- the builders -------------------------------------------------------------------------------
 
 
-def _reduce(stacked: dict) -> dict:
-    return losses.finalize_metrics(stacked)
-
-
 def _sums(stacked: dict) -> dict:
     """{name: (numerator, denominator)} summed over micro-batches (max/min for _max/_min)."""
     out = {}
@@ -235,7 +231,7 @@ def make_train_step(
 
         zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, f32), params)
         grads, metrics = jax.lax.scan(accumulate, zeros, batch)
-        metrics = _reduce(metrics)
+        metrics = losses.finalize_metrics(metrics)
         new_state, m = optim.apply_if_finite(state, grads, metrics["loss"], optimizer)
         if "extra" in state:
             new_state["extra"] = state["extra"]

@@ -13,20 +13,20 @@ from r1jax.models import transformer as tfm
 from r1jax.rl import losses
 
 
-def grpo_loss(params, mb, ctx, *, cfg, loss_cfg, policy_loss, prompt_len, temperature, vocab_chunk):
-    """One micro-batch's share of the GRPO loss, and its metrics (entropy, sampler gap)."""
+def _completion_logprobs(params, mb, *, cfg, prompt_len, temperature, vocab_chunk, **kw):
+    """Log-probs [B, T] of the completion tokens of micro-batch `mb` (and entropies, if asked)."""
+    positions = tfm.positions_from_mask(mb["attn"])
+    return tfm.target_logprobs(
+        params, mb["tokens"], positions, mb["attn"], cfg, first=prompt_len,
+        temperature=temperature, vocab_chunk=vocab_chunk, **kw,
+    )  # fmt: skip
+
+
+def grpo_loss(params, mb, ctx, *, policy_loss, loss_cfg, **model_kw):
+    """One micro-batch's share of the GRPO loss, and its metrics (entropy, sampler gap).
+    `model_kw`: cfg, prompt_len, temperature, vocab_chunk (see _completion_logprobs)."""
     del ctx
-    logp, ent = tfm.target_logprobs(
-        params,
-        mb["tokens"],
-        tfm.positions_from_mask(mb["attn"]),
-        mb["attn"],
-        cfg,
-        first=prompt_len,
-        temperature=temperature,
-        vocab_chunk=vocab_chunk,
-        with_entropy=True,
-    )
+    logp, ent = _completion_logprobs(params, mb, with_entropy=True, **model_kw)
     loss, metrics = policy_loss(
         logp, mb.get("old_logp"), mb.get("ref_logp"), mb["adv"], mb["mask"], mb["weight"], loss_cfg
     )
@@ -45,16 +45,7 @@ def token_weights(batch, *, loss_type, max_len):
     return {**batch, "weight": w.reshape(mask.shape)}, {}
 
 
-def frozen_logprobs(params, mb, *, cfg, prompt_len, temperature, vocab_chunk):
+def frozen_logprobs(params, mb, **model_kw):
     """Reference / old-policy log-probs of one micro-batch (masked)."""
-    logp, _ = tfm.target_logprobs(
-        params,
-        mb["tokens"],
-        tfm.positions_from_mask(mb["attn"]),
-        mb["attn"],
-        cfg,
-        first=prompt_len,
-        temperature=temperature,
-        vocab_chunk=vocab_chunk,
-    )
+    logp, _ = _completion_logprobs(params, mb, **model_kw)
     return logp * mb["mask"]
