@@ -10,6 +10,7 @@ A reward-model directory is an r1jax model directory (loadable as the bare trans
 
 from __future__ import annotations
 
+import io
 import math
 
 import jax
@@ -63,18 +64,11 @@ def is_reward_model(path) -> bool:
 
 
 def save(path, params: dict, cfg: ModelConfig, tokenizer_dir=None) -> None:
-    """A model directory plus reward_head.npz, written aside and renamed into place."""
-    path = files.path(path)
-    tmp = path.parent / (path.name + ".rm_tmp")
-    store.save_model(tmp, params["model"], cfg, tokenizer_dir)
+    """A model directory with the head beside it (reward_head.npz); every process takes part."""
     head = distributed.fetch(params["head"])
-    if distributed.is_main():
-        with (tmp / HEAD_FILE).open("wb") as f:
-            np.savez(f, w=np.asarray(head["w"]), b=np.asarray(head["b"]))
-        if path.exists():
-            path.rmtree()
-        tmp.rename(path)
-    distributed.barrier("reward_model_saved")
+    buf = io.BytesIO()
+    np.savez(buf, w=np.asarray(head["w"]), b=np.asarray(head["b"]))
+    store.save_model(path, params["model"], cfg, tokenizer_dir, {HEAD_FILE: buf.getvalue()})
 
 
 def load(path, mesh=None, **cfg_overrides) -> tuple[ModelConfig, dict]:

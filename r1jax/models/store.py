@@ -59,8 +59,9 @@ def config_from_json(d: dict, where: str = MODEL_CONFIG) -> ModelConfig:
     return ModelConfig(**d)
 
 
-def save_model(path, params, cfg: ModelConfig, tokenizer_dir=None) -> None:
-    """Writes an r1jax model directory (replacing `path`); every process takes part."""
+def save_model(path, params, cfg: ModelConfig, tokenizer_dir=None, extra_files=None) -> None:
+    """Writes an r1jax model directory (replacing `path`); every process takes part.
+    extra_files: {name: bytes} written beside the model on process 0 (a reward head)."""
     path = files.path(path)
     tmp = path.parent / (path.name + ".tmp")
     if distributed.is_main() and tmp.exists():
@@ -72,6 +73,8 @@ def save_model(path, params, cfg: ModelConfig, tokenizer_dir=None) -> None:
         files.write_json(tmp / MODEL_CONFIG, config_to_json(cfg))
         if tokenizer_dir:
             copy_tokenizer(tokenizer_dir, tmp / "tokenizer")
+        for name, data in (extra_files or {}).items():
+            (tmp / name).write_bytes(data)
         if path.exists():
             path.rmtree()
         tmp.rename(path)
