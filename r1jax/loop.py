@@ -145,12 +145,15 @@ def _steps(c, wd, r: Run, start, ckpt, writer, bar) -> dict:
             skipped = m.get("train/skipped_updates", m.get("train/skipped", 0.0))
             bad_in_a_row = bad_in_a_row + 1 if skipped else 0
             last_step = step == c.steps
-            if r.evaluate is not None and (_due(step, c.get("eval_every", 0)) or last_step):
-                if c.get("eval_every", 0):
-                    em, records = r.evaluate(step, r.state)
-                    m.update(em)
-                    _append(wd / EVAL_SAMPLES, step, records, main)
-            evaluated = any(k.startswith("eval/") for k in m)
+            evaluated = (
+                r.evaluate is not None
+                and bool(c.get("eval_every", 0))
+                and (_due(step, c.eval_every) or last_step)
+            )
+            if evaluated:
+                em, records = r.evaluate(step, r.state)
+                m.update(em)
+                _append(wd / EVAL_SAMPLES, step, records, main)
             if _due(step, c.log_every) or last_step or evaluated:
                 last = writer.write(step, m)
             if _due(step, c.get("samples_every", 0)):
