@@ -6,7 +6,10 @@ RewardStack.correct):
 - pass@j (j <= k): Chen et al. (2021, Codex) unbiased estimator 1 - C(n-c, j) / C(n, j),
   averaged over questions.
 - cons@k: majority vote over the extracted final answers (rewards.math.extract_answer); answers
-  that rewards.math.answers_equivalent finds equal ("0.5", "\\frac{1}{2}") are one bucket. An
+  that rewards.math.answers_equivalent finds equal ("0.5", "\\frac{1}{2}") are one bucket. That
+  check is symmetric and strict: an equation and its value ("x=3", "3"), an ordered pair and a
+  set, numbers in different bases or units are different answers and vote apart (a split vote
+  is the price of never merging different answers). An
   answer joins the first bucket whose first answer it is equivalent to; no answer (None) does not
   vote. Ties go to the bucket opened first (its first answer has the lowest sample index), so the
   vote is a deterministic function of the samples. A question counts as solved when the first
@@ -87,23 +90,24 @@ def majority_vote(answers, equivalent=answers_equivalent) -> tuple[int | None, i
 def vote(answer_lists, pool) -> list[int | None]:
     """Majority-vote winners (sample indices) of several questions at once.
 
-    The equivalence checks are answers_equivalent's (math-verify, both ways), run in `pool` (a
-    RewardPool) as the math reward on "\\boxed{a}" with gold b and on b with gold a: a
-    pathological answer (a power tower sympy would expand) then times out as "not equivalent"
-    instead of hanging the evaluation. Answers that math-verify cannot parse at all only match
-    identical text.
+    The equivalence checks are answers_equivalent's (symmetric, so once per pair), run in `pool`
+    (a RewardPool) as the reward function rewards.math.answers_agree: a pathological answer (a
+    power tower sympy would expand) then times out as "not equivalent" instead of hanging the
+    evaluation. Answers that cannot be parsed at all only match identical text.
     """
     pairs = sorted(
-        {p for answers in answer_lists for p in itertools.permutations(_distinct(answers), 2)}
+        {p for answers in answer_lists for p in itertools.combinations(_distinct(answers), 2)}
     )
-    boxed = ["\\boxed{" + a + "}" for a, _ in pairs]
     values = (
-        pool.map("math", [""] * len(pairs), boxed, answer=[b for _, b in pairs]) if pairs else []
+        pool.map(_AGREE, [""] * len(pairs), [a for a, _ in pairs], answer=[b for _, b in pairs])
+        if pairs
+        else []
     )
     same = {p for p, v in zip(pairs, values) if v == 1.0}
-    return [
-        majority_vote(a, lambda x, y: (x, y) in same or (y, x) in same)[0] for a in answer_lists
-    ]
+    return [majority_vote(a, lambda x, y: (min(x, y), max(x, y)) in same)[0] for a in answer_lists]
+
+
+_AGREE = "r1jax.rewards.math:answers_agree"
 
 
 def _distinct(answers) -> list[str]:

@@ -98,7 +98,7 @@ def test_vote_in_the_reward_pool_matches_and_times_out():
     # sympy would expand the tower for ever; the worker is killed and the pair counts as unequal.
     with RewardPool(workers=1, timeout_s=1.0) as pool:
         assert E.vote([["9^{9^{9^{9}}}", "1", " 1", "2"]], pool) == [1]
-        assert pool.counters["timeouts"] == 4  # the tower against "1" and "2", both ways
+        assert pool.counters["timeouts"] == 2  # the tower against "1" and "2" (once per pair)
 
 
 def _rec(index, sample, correct, answer, length=10, truncated=False):
