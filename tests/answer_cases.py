@@ -129,6 +129,7 @@ CASES = [
     (r"\frac{\sqrt{2}}{2}", "0.7071067811865476", T),
     (r"1.234567\times10^{-8}", r"1.234568\times10^{-8}", F),  # FAULT: 7th significant digit
     ("0.0000001", "0.0000002", F),  # FAULT: both rounded to 0.000000
+    ("0.000001234567", "0.000001234568", F),  # FAULT: 7th significant digit, plain decimals
     ("0.00000012", "1.2e-7", T),
     (r"1.2\times10^{-5}", "1.2e-5", T),
     (r"1.2\times10^{-5}", "0.000012", T),
@@ -172,6 +173,10 @@ CASES = [
     (r"4.5 \mathrm{~km} / \mathrm{s}", r"4.5\text{ km/s}", T),
     (r"4.5 \mathrm{~km} / \mathrm{s}", r"4.5\text{ m/s}", F),
     ("7.2e27", r"7.2\times10^{27}", T),
+    (r"5.5 \times 10^{-8} \mathrm{~cm}^{2}", r"5.5\times10^{-8}\text{ cm}^2", T),
+    (r"5.5 \times 10^{-8} \mathrm{~cm}^{2}", r"5.5\times10^{-8}\text{ cm}^3", F),
+    (r"3 \mathrm{~m} / \mathrm{s}^{2}", r"3\text{ m/s}^2", T),
+    (r"6\frac{1}{4}", "6.25", T),  # a mixed number
     (r"3 \times 10^{8}", "300000000", T),
     (r"1.5 \times 10^{11}", r"1.5\times 10^{11}\text{ m}", T),
     # -- decimal comma (FAULT: 3,5 was read as the list {3, 5} only) -----------------------------

@@ -79,7 +79,9 @@ def boxed_contents(text: str) -> list[str]:
 
 
 def last_boxed(text: str) -> str | None:
-    """Contents of the last complete box in `text` (see boxed_contents), or None."""
+    """Contents of the last complete box in `text` (see boxed_contents), or None. A MATH gold
+    answer is its solution's last box (the convention of the dataset's own grader); completions
+    have a configurable rule instead (rewards.math `boxes`)."""
     boxes = boxed_contents(text)
     return boxes[-1] if boxes else None
 
