@@ -100,7 +100,7 @@ class Answer:
     value: str  # the normalised text without its unit
     unit: str | None
     numeral: tuple[str, int] | None  # (digits without leading zeros, base)
-    readings: tuple[Reading, ...]  # the first one is the gold reading
+    readings: tuple[Reading, ...]  # a gold is read by all but the decimal-comma one
 
     @property
     def judgeable(self) -> bool:
