@@ -26,6 +26,7 @@ import resource
 import signal
 import struct
 import sys
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import sandbox_seccomp  # noqa: E402
@@ -89,9 +90,14 @@ def _unshare(cfg, missing):
         return set()
     if userns:  # map only ourselves: the program keeps our uid, without capabilities
         maps = {"setgroups": "deny", "uid_map": f"{uid} {uid} 1", "gid_map": f"{gid} {gid} 1"}
-        for path, text in maps.items():
-            with open(f"/proc/self/{path}", "w") as f:
-                f.write(text)
+        try:
+            for path, text in maps.items():
+                with open(f"/proc/self/{path}", "w") as f:
+                    f.write(text)
+        except OSError as e:
+            why = f"user namespace map: {e.strerror}"
+            missing.update(dict.fromkeys(("pidns", "mountns", "netns", "ipcns"), why))
+            return {"userns"}
     entered = {"pidns", "mountns", "ipcns"}
     entered |= {"netns"} if cfg["isolate_network"] else set()
     entered |= {"userns"} if userns else set()
@@ -125,10 +131,12 @@ def _sweep_orphans():
 def main():
     with os.fdopen(int(sys.argv[1]), "rb") as f:
         cfg = marshal.loads(f.read())
-    _libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)  # no /proc/<pid>/mem or fd access by same-uid code
     _libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
     missing = {}
     entered = _unshare(cfg, missing)
+    # After the uid map is written (a non-dumpable process's /proc files belong to root):
+    # from here no same-uid process may open our /proc/<pid>/mem or fds.
+    _libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
     judge_end = prog_end = None
     if cfg["mode"] == "assert":
         import _socket
@@ -148,6 +156,9 @@ def main():
         finally:
             os._exit(EXIT_SETUP)
     os.close(layers_w)
+    # At the deadline the init dies (and with it the namespace); we still report.
+    signal.signal(signal.SIGALRM, lambda *_: os.kill(init, signal.SIGKILL))
+    signal.setitimer(signal.ITIMER_REAL, max(0.001, cfg["deadline"] - time.monotonic()))
     report = {"passed": 0, "memory_errors": 0}
     if judge_end is not None:
         os.close(prog_end)
@@ -156,6 +167,7 @@ def main():
         report.update(sandbox_rpc.judge(judge_end, tests, cfg["deadline"], cfg["max_msg_bytes"]))
         os.kill(init, signal.SIGKILL)
     _, status, ru = os.wait4(init, 0)
+    signal.setitimer(signal.ITIMER_REAL, 0)
     if "pidns" not in entered:
         _sweep_orphans()
     with os.fdopen(layers_r, "rb") as f:
@@ -165,6 +177,7 @@ def main():
         exit=os.waitstatus_to_exitcode(status) if hasattr(os, "waitstatus_to_exitcode") else status,
         cpu_s=ru.ru_utime + ru.ru_stime,
         maxrss_kb=ru.ru_maxrss,
+        deadline_hit=time.monotonic() >= cfg["deadline"],
         entered=sorted(entered),
         missing=missing,
     )

@@ -311,11 +311,14 @@ def run_sandboxed(
 
 def _result(report, timed_out, stdout, size, wall, cfg) -> RunResult:
     if report is None:  # the supervisor died (killed at the wall clock, or a broken interpreter)
-        missing = {"report": "no report from the sandbox"}
-        _note({}, ("time",) if timed_out else ())
-        return RunResult(None if timed_out else -1, stdout, wall_s=wall, missing=missing)
+        missing, caps = {"report": "no report from the sandbox"}, ("time",) if timed_out else ()
+        _note(missing, caps)
+        return RunResult(
+            None if timed_out else -1, stdout, missing=missing, caps_hit=caps, wall_s=wall
+        )
     code, cpu_s, rss_mb = report["exit"], report["cpu_s"], report["maxrss_kb"] / 1024
     caps = []
+    timed_out = timed_out or report["deadline_hit"]
     if timed_out or cpu_s >= cfg["cpu_s"] or code in (128 + signal.SIGXCPU, -signal.SIGXCPU):
         caps.append("time")
     mem = cfg["memory_bytes"] / 2**20
