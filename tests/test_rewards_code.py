@@ -110,3 +110,29 @@ def test_a_python_nobody_cannot_run_is_an_error_naming_the_field(tmp_path):
     private.symlink_to(sys.executable)
     with pytest.raises(ValueError, match="python="):
         CodeReward(python=str(private))
+
+
+def test_assert_tests_are_judged_outside_against_the_programs_functions():
+    # HumanEval style (check(candidate)), MBPP style (a module imported by the program, sets),
+    # in-place mutation copied back, generators as lists, the program's exceptions by type.
+    program = (
+        "import math\nfrom typing import List\nSCALE = 2\n"
+        "def f(xs: List[int]) -> List[int]:\n    return [SCALE * x for x in xs]\n"
+        "def sort_in_place(a):\n    a.sort()\n"
+        "def evens(n):\n    return (i for i in range(n) if i % 2 == 0)\n"
+        "def root(x):\n    if x < 0:\n        raise ValueError('negative')\n"
+        "    return math.sqrt(x)\n"
+    )
+    tests = (
+        "def check(candidate):\n    assert candidate([1, 2]) == [2, 4]\n"
+        "    assert candidate([]) == []\ncheck(f)\n"
+        "a = [3, 1, 2]\nsort_in_place(a)\nassert a == [1, 2, 3]\n"
+        "assert list(evens(5)) == [0, 2, 4]\n"
+        "assert math.isclose(root(2.0), 2 ** 0.5) and SCALE == 2\n"
+        "assert set(f([1, 1])) == {2}\n"
+        "try:\n    root(-1)\n    raised = False\nexcept ValueError:\n    raised = True\n"
+        "assert raised\nassert f([1]) == [3]"
+    )
+    res = run_sandboxed(program, test_code=tests)
+    assert res.passed_asserts == 7  # of 8 (bare calls count): all but the last, which is wrong
+    assert CodeReward()(["p"], [_py(program)], tests=[tests]) == [pytest.approx(7 / 8)]

@@ -7,16 +7,21 @@ in which every top-level `assert` (or bare expression such as `check(f)`) counts
 Reward: the fraction of tests passed (`mode="fraction"`) or 1.0 only if all pass (`mode="all"`);
 0.0 without a program; None when the tests themselves cannot be read.
 
-Each process runs `_sandbox_child.py` (see its docstring for the confinement layers) in a fresh
-temporary directory that is deleted afterwards, in a new session, with stdin/stdout/stderr on
-files; on wall-clock timeout the whole process group is SIGKILLed. stdout is capped by
-RLIMIT_FSIZE. Accepted `tests` forms:
+Each process runs `_sandbox_child.py` (its docstring lists the layers: namespaces, read-only
+root and tmpfs work dir, an unprivileged uid through a world-readable python3, seccomp, no
+inherited fds) under a wall-clock deadline. The verdict comes from the trusted side: stdin cases
+compare exit status and stdout here; assert tests run in the sandbox's supervisor, outside the
+program's process, against stubs of its functions (sandbox_rpc), so writing pass lines, walking
+frames or exiting early with status 0 cannot move the count. Every call reports the caps it hit
+(time, memory, output) and the layers missing (logged once, counted in COUNTERS).
+Accepted `tests` forms:
   {"inputs": [...], "outputs": [...]}               (APPS)
   {"test_cases": [{"input": .., "output": ..}, ..]}  (open-r1 verification_info)
   [{"input": .., "output": ..}, ..], [(input, output), ..] or one {"input": .., "output": ..}
   "assert f(1) == 2\\n..."                           (MBPP / HumanEval style)
   {"asserts": "...", ...} together with any stdin form; a JSON string of any of these.
-APPS call-based problems (`fn_name`) are not supported: they score None.
+APPS call-based problems (`fn_name`) are not supported: they score None. Assert tests see
+only plain values returned by the program (sandbox_rpc lists the limits of that protocol).
 """
 
 from __future__ import annotations
