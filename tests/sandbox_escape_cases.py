@@ -72,13 +72,14 @@ CASES = [
      "unprivileged uid; read-only root (mount namespace)", STDIN_OK, 0.0, _always,
      "open('/root/r1jax-escape-{marker}', 'w').write('x')\nprint('ok')"),
     ("append to a world-writable trainer file", "open a 0666 file outside the work dir",
-     "read-only root (mount namespace)", STDIN_OK, 0.0, _untouched,
+     "read-only root (mount namespace); Landlock", STDIN_OK, 0.0, _untouched,
      "open('{target}/shared.txt', 'a').write('forged')\nprint('ok')"),
     ("create a file in a world-writable dir", "create a file in a 0777 dir (like /tmp)",
-     "read-only root (mount namespace)", STDIN_OK, 0.0, _untouched,
+     "read-only root (mount namespace); Landlock", STDIN_OK, 0.0, _untouched,
      "open('{target}/new-{marker}', 'w').write('x')\nprint('ok')"),
     ("write through a directory fd", "openat(dir_fd, O_CREAT) on a 0777 dir outside",
-     "read-only root (mount namespace)", STDIN_OK, 0.0, _untouched,
+     "read-only root (mount namespace); Landlock (checked at open, dir fds included)", STDIN_OK,
+     0.0, _untouched,
      "import os\nd = os.open('{target}', os.O_RDONLY | os.O_DIRECTORY)\n"
      "fd = os.open('dirfd-{marker}', os.O_WRONLY | os.O_CREAT, 0o666, dir_fd=d)\n"
      "os.write(fd, b'x')\nprint('ok')"),
@@ -103,7 +104,8 @@ CASES = [
      "[b'/bin/sleep', b'{sleep}'], [b'/bin/sleep'], True, (), None, None, -1, -1, -1, -1, -1, -1,"
      " r, w, True, True, -1, None, None, None, -1, None, False)\n"),
     ("kill the trainer by pid", "os.kill(trainer_pid, SIGKILL)",
-     "pid namespace (the pid is not visible); unprivileged uid; seccomp without a pid namespace",
+     "pid namespace (the pid is not visible); unprivileged uid; seccomp and Landlock scoping"
+     " without a pid namespace",
      STDIN_OK, 0.0, _victim_alive, "import os\nos.kill({victim}, 9)\nprint('ok')"),
     ("signal the trainer by pidfd", "pidfd_open(trainer_pid) + pidfd_send_signal",
      "seccomp (pidfd_*: EPERM); pid namespace", STDIN_OK, 0.0, _victim_alive,

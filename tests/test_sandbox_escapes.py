@@ -26,6 +26,7 @@ import sandbox_escape_cases as cases  # noqa: E402
 
 DOC = os.path.join(HERE, "..", "docs", "sandbox_escapes.md")
 SANDBOX_FILES = ("code.py", "_sandbox_child.py", "sandbox_rpc.py", "sandbox_seccomp.py")
+SANDBOX_FILES += ("sandbox_landlock.py",)
 LINUX = sys.platform.startswith("linux")
 
 
@@ -47,9 +48,10 @@ def test_escape_attempts_are_contained_and_score_their_expected_reward():
         assert {m for row in rows for m in row["missing"]} == {"audit_hook"}
 
 
-# Without namespaces (a kernel that refuses them) the uid, seccomp, the subreaper sweep and the
-# judge still hold; a world-writable path outside the work dir is then writable (these rows).
-NEEDS_MOUNTNS = {
+# Without namespaces (a kernel that refuses them) the uid, Landlock, seccomp, the subreaper sweep
+# and the judge still hold. Writes to world-writable paths outside the work dir (these rows) need
+# Landlock or the read-only root of the mount namespace.
+NEEDS_LANDLOCK_OR_MOUNTNS = {
     "append to a world-writable trainer file",
     "create a file in a world-writable dir",
     "write through a directory fd",
@@ -60,11 +62,12 @@ NEEDS_MOUNTNS = {
 def test_without_namespaces_the_rest_holds_and_the_gap_is_warned_and_counted(caplog):
     code._warned.clear()
     before = code.COUNTERS["sandbox/missing/pidns"]
-    names = {c[0] for c in cases.CASES} - NEEDS_MOUNTNS
+    landlock = not code.run_sandboxed("", namespaces=False).missing.get("landlock")
+    names = {c[0] for c in cases.CASES} - (set() if landlock else NEEDS_LANDLOCK_OR_MOUNTNS)
     rows = cases.run_cases(code, names=names, namespaces=False)
     assert len(rows) == len(names)
     _assert_rows(rows)
-    assert code.COUNTERS["sandbox/missing/pidns"] - before == len(rows)
+    assert code.COUNTERS["sandbox/missing/pidns"] - before == len(rows) + 1
     assert all({"pidns", "mountns", "readonly_root"} <= set(row["missing"]) for row in rows)
     warned = {r.getMessage() for r in caplog.records if r.levelname == "WARNING"}
     assert "code sandbox: layer 'pidns' is missing (disabled)" in warned
@@ -152,8 +155,8 @@ if __name__ == "__main__":
             "audit hook off so that the kernel layers alone are shown to contain each attempt.\n"
             "A row passes when the program gets the expected score and the outside check holds\n"
             "(victim alive, files untouched, no process left). Without namespaces (a kernel\n"
-            "that refuses them: warned and counted as `sandbox/missing/<layer>`) all rows but\n"
-            "the three writes to world-writable paths outside the work dir still hold. The\n"
-            "layers are described in `r1jax/rewards/_sandbox_child.py`.\n\n"
-            + cases.markdown_table()
+            "that refuses them: warned and counted as `sandbox/missing/<layer>`) every row still\n"
+            "holds through Landlock; without Landlock too, all but the three writes to\n"
+            "world-writable paths outside the work dir. The layers are described in\n"
+            "`r1jax/rewards/_sandbox_child.py`.\n\n" + cases.markdown_table()
         )

@@ -10,9 +10,11 @@ Three processes, only the last of which runs untrusted code:
   a private tmpfs work dir, forks the program, reaps, exits with its status. When it exits the
   kernel kills every process left in the namespace, so nothing outlives the call.
 - the program: rlimits (CPU, address space, file size = the output cap, open files, processes,
-  no core), then an unprivileged uid/gid (root) or no capabilities (user namespace), no_new_privs
-  and the seccomp filter (sandbox_seccomp), only fds 0-2 (and the judge's pipe) left open, the
-  Python audit hook, and only then the program: as __main__ on stdin/stdout, or (assert tests)
+  no core), then an unprivileged uid/gid (root) or no capabilities (user namespace), Landlock
+  (sandbox_landlock: writes only in the work dir, no signals out; needs no privilege, so it also
+  holds where namespaces are refused), no_new_privs and the seccomp filter (sandbox_seccomp),
+  only fds 0-2 (and the judge's pipe) left open, the Python audit hook, and only then the
+  program: as __main__ on stdin/stdout, or (assert tests)
   serving calls from the judge (sandbox_rpc.serve).
 A layer the kernel refuses is reported missing with its reason (the caller warns and counts);
 without a pid namespace, orphans reparent to the subreaper supervisor, which kills them.
@@ -29,6 +31,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import sandbox_landlock  # noqa: E402
 import sandbox_seccomp  # noqa: E402
 
 CLONE_NEWNS, CLONE_NEWUTS, CLONE_NEWIPC = 0x20000, 0x04000000, 0x08000000
@@ -264,6 +267,9 @@ def _program(cfg, entered, layers_w, prog_end):
     _drop(cfg, entered, missing)
     if "pidns" not in entered:  # die with the supervisor (PDEATHSIG is cleared by setuid)
         _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    why = sandbox_landlock.install(cfg["workdir"])
+    if why:
+        missing["landlock"] = why
     if cfg["seccomp"]:
         why = sandbox_seccomp.install(None if "pidns" in entered else os.getpid())
         if why:

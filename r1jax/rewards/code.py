@@ -118,7 +118,7 @@ def _normalise_output(text: str) -> str:
 
 
 LAYERS = ("uid", "pidns", "mountns", "readonly_root", "proc", "work_tmpfs", "netns", "ipcns")
-LAYERS += ("seccomp", "audit_hook")
+LAYERS += ("landlock", "seccomp", "audit_hook")
 COUNTERS: collections.Counter = collections.Counter()  # this process's sandbox metrics
 _warned: set = set()
 
