@@ -11,8 +11,10 @@ which the judge alone reports. Standard library only (imported as a sibling by t
 
 Limits of the protocol: values other than None/bool/int/float/complex/str/bytes and lists, tuples,
 sets, frozensets and dicts of them do not cross (generators, map/filter/zip results become
-lists); a program's classes can be called only if the result is such a value; in-place mutation
-of list/dict/set arguments is copied back; the test code cannot assign the program's globals.
+lists); callables cannot be passed except the program's own functions (a test that passes a
+lambda fails); a program's classes can be called only if the result is such a value; in-place
+mutation of list/dict/set arguments is copied back; the test code cannot assign the program's
+globals.
 """
 
 from __future__ import annotations
