@@ -44,18 +44,22 @@ def _victim_alive(ctx):
 def _nothing_left(ctx):
     """No process carrying the case's marker argument, polled while the namespace is torn down."""
     for _ in range(20):
-        if not any(ctx["sleep"] in _cmdline(p) for p in os.listdir("/proc") if p.isdigit()):
+        if not running(ctx["sleep"]):
             return True
         time.sleep(0.1)
     return False
 
 
-def _cmdline(pid):
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return f.read().decode(errors="replace")
-    except OSError:
-        return ""
+def running(argv1: str) -> bool:
+    """Is there a process whose first argument is `argv1`?"""
+    for pid in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if f.read().split(b"\0")[1:2] == [argv1.encode()]:
+                    return True
+        except (OSError, ValueError):
+            continue
+    return False
 
 
 def _always(ctx):

@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 
 import pytest
 
@@ -162,6 +163,34 @@ if __name__ == "__main__":
             "(victim alive, files untouched, no process left). Without namespaces (a kernel\n"
             "that refuses them: warned and counted as `sandbox/missing/<layer>`) every row still\n"
             "holds through Landlock; without Landlock too, all but the three writes to\n"
-            "world-writable paths outside the work dir. The layers are described in\n"
+            "world-writable paths outside the work dir; for an unprivileged trainer without a\n"
+            "mount namespace, also the chmod of the trainer's own files (same uid). The layers\n"
+            "are described in "
             "`r1jax/rewards/_sandbox_child.py`.\n\n" + cases.markdown_table()
         )
+
+
+@pytest.mark.skipif(not LINUX, reason="the sandbox is Linux-only")
+def test_nothing_outlives_a_killed_caller():
+    # A reward worker SIGKILLed by the pool mid-call: its sandbox (supervisor, init, program and
+    # the program's children) goes with it instead of running on to its own deadline.
+    marker = f"{700 + os.getpid() % 100}.{os.getpid()}"
+    program = (
+        "import os\nif os.fork() == 0:\n    os.setsid()\n"
+        f"    os.execv('/bin/sleep', ['sleep', '{marker}'])\nimport time\ntime.sleep(60)"
+    )
+    caller = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from r1jax.rewards.code import run_sandboxed;"
+         "run_sandboxed(sys.argv[1], timeout_s=60, audit_hook=False)", program],
+    )  # fmt: skip
+    try:
+        for _ in range(100):  # wait until the program's child runs
+            if cases.running(marker):
+                break
+            time.sleep(0.05)
+        else:
+            pytest.fail("the sandboxed program never started")
+    finally:
+        caller.kill()
+        caller.wait()
+    assert cases._nothing_left({"sleep": marker})

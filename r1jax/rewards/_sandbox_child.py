@@ -135,6 +135,10 @@ def main():
     with os.fdopen(int(sys.argv[1]), "rb") as f:
         cfg = marshal.loads(f.read())
     _libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    # Die with the caller (e.g. a reward worker killed by the pool): the init follows us.
+    _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != cfg["ppid"]:
+        os._exit(EXIT_SETUP)  # it died before the line above
     missing = {}
     entered = _unshare(cfg, missing)
     # After the uid map is written (a non-dumpable process's /proc files belong to root):

@@ -261,6 +261,7 @@ def run_sandboxed(
             nproc=nproc,
             uid=NOBODY,
             gid=NOBODY,
+            ppid=os.getpid(),
             drop_privileges=drop_privileges,
             isolate_network=isolate_network,
             namespaces=namespaces,
