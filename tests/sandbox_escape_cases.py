@@ -87,6 +87,9 @@ CASES = [
      "import os\nd = os.open('{target}', os.O_RDONLY | os.O_DIRECTORY)\n"
      "fd = os.open('dirfd-{marker}', os.O_WRONLY | os.O_CREAT, 0o666, dir_fd=d)\n"
      "os.write(fd, b'x')\nprint('ok')"),
+    ("read the trainer's data", "read a world-readable file outside (e.g. the test set)",
+     "Landlock: reads only in the work dir and the system/interpreter dirs", STDIN_OK, 0.0,
+     _always, "print('ok' if open('{target}/private.txt').read() == 'trainer data\\n' else 'no')"),
     ("fchmod a trainer file", "fchmod(0o777) on an open fd of a file outside",
      "read-only root; not the owner (root trainer)", STDIN_OK, 0.0, _mode_kept,
      "import os\nfd = os.open('{target}/private.txt', os.O_RDONLY)\nos.fchmod(fd, 0o777)\n"

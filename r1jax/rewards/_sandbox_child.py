@@ -271,7 +271,8 @@ def _program(cfg, entered, layers_w, prog_end):
     _drop(cfg, entered, missing)
     if "pidns" not in entered:  # die with the supervisor (PDEATHSIG is cleared by setuid)
         _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    why = sandbox_landlock.install(cfg["workdir"])
+    stdlib = os.path.dirname(os.__file__)
+    why = sandbox_landlock.install(cfg["workdir"], (sys.base_prefix, sys.prefix, stdlib))
     if why:
         missing["landlock"] = why
     if cfg["seccomp"]:
