@@ -4,7 +4,6 @@ The hostile programs run through the worker pool in test_rewards_pool.py.
 """
 
 import os
-import sys
 
 import pytest
 
@@ -107,7 +106,9 @@ def test_a_python_nobody_cannot_run_is_an_error_naming_the_field(tmp_path):
     if os.geteuid() != 0:
         pytest.skip("only root drops privileges")
     private = tmp_path / "python3"  # under a 0700 pytest dir: not readable by `nobody`
-    private.symlink_to(sys.executable)
+    private.write_text("#!/bin/sh\n")
+    private.chmod(0o755)
+    tmp_path.chmod(0o700)
     with pytest.raises(ValueError, match="python="):
         CodeReward(python=str(private))
 

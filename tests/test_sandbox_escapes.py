@@ -184,7 +184,7 @@ def test_nothing_outlives_a_killed_caller():
          "run_sandboxed(sys.argv[1], timeout_s=60, audit_hook=False)", program],
     )  # fmt: skip
     try:
-        for _ in range(100):  # wait until the program's child runs
+        for _ in range(600):  # wait until the program's child runs (30 s at most)
             if cases.running(marker):
                 break
             time.sleep(0.05)
