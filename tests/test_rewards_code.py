@@ -78,17 +78,62 @@ def test_bad_options_raise():
         CodeReward()(["p"], ["x"])
 
 
-@pytest.mark.skipif(
-    os.geteuid() != 0 or not os.path.exists("/usr/bin/python3"), reason="needs root and python3"
-)
-def test_sandbox_drops_to_nobody_with_a_world_readable_python():
-    # Our interpreter may live under /root, which `nobody` cannot read; the sandbox then keeps
-    # the uid (other layers still apply). The system python shows the drop itself works.
+@pytest.mark.skipif(os.geteuid() != 0, reason="the uid drop needs root")
+def test_sandbox_runs_as_nobody_in_a_private_writable_work_dir():
+    # Our interpreter may live under /root, which `nobody` cannot read: the sandbox then picks a
+    # world-readable python3 (resolve_python) instead of skipping the drop.
     program = (
         "import os\nopen(os.path.join(os.getcwd(), 'f'), 'w').write('x')\n"  # absolute path
         "print(os.getuid(), os.getgid(), open('f').read())"
     )
-    res = run_sandboxed(program, python="/usr/bin/python3")
-    if not (res.isolation or {}).get("nobody"):
-        pytest.skip("the standard library is not readable by nobody here")
+    res = run_sandboxed(program)
     assert (res.returncode, res.stdout) == (0, "65534 65534 x\n")
+    assert res.isolation["uid"] == 1 and res.missing == {}
+    assert res.caps_hit == () and res.wall_s > 0 and res.max_rss_mb > 0
+
+
+def test_sandbox_reports_the_caps_it_hit():
+    loop = run_sandboxed("while True:\n    pass", timeout_s=0.5)
+    assert loop.timed_out or loop.returncode != 0
+    assert "time" in loop.caps_hit
+    hog = run_sandboxed("x = bytearray(1 << 30)", memory_mb=128)
+    assert hog.returncode != 0 and "memory" in hog.caps_hit
+    flood = run_sandboxed("while True:\n    print('x' * 1000)", max_output_bytes=1 << 14)
+    assert "output" in flood.caps_hit and len(flood.stdout) == 1 << 14
+
+
+def test_a_python_nobody_cannot_run_is_an_error_naming_the_field(tmp_path):
+    if os.geteuid() != 0:
+        pytest.skip("only root drops privileges")
+    private = tmp_path / "python3"  # under a 0700 pytest dir: not readable by `nobody`
+    private.write_text("#!/bin/sh\n")
+    private.chmod(0o755)
+    tmp_path.chmod(0o700)
+    with pytest.raises(ValueError, match="python="):
+        CodeReward(python=str(private))
+
+
+def test_assert_tests_are_judged_outside_against_the_programs_functions():
+    # HumanEval style (check(candidate)), MBPP style (a module imported by the program, sets),
+    # in-place mutation copied back, generators as lists, the program's exceptions by type.
+    program = (
+        "import math\nfrom typing import List\nSCALE = 2\n"
+        "def f(xs: List[int]) -> List[int]:\n    return [SCALE * x for x in xs]\n"
+        "def sort_in_place(a):\n    a.sort()\n"
+        "def evens(n):\n    return (i for i in range(n) if i % 2 == 0)\n"
+        "def root(x):\n    if x < 0:\n        raise ValueError('negative')\n"
+        "    return math.sqrt(x)\n"
+    )
+    tests = (
+        "def check(candidate):\n    assert candidate([1, 2]) == [2, 4]\n"
+        "    assert candidate([]) == []\ncheck(f)\n"
+        "a = [3, 1, 2]\nsort_in_place(a)\nassert a == [1, 2, 3]\n"
+        "assert list(evens(5)) == [0, 2, 4]\n"
+        "assert math.isclose(root(2.0), 2 ** 0.5) and SCALE == 2\n"
+        "assert set(f([1, 1])) == {2}\n"
+        "try:\n    root(-1)\n    raised = False\nexcept ValueError:\n    raised = True\n"
+        "assert raised\nassert f([1]) == [3]"
+    )
+    res = run_sandboxed(program, test_code=tests)
+    assert res.passed_asserts == 7  # of 8 (bare calls count): all but the last, which is wrong
+    assert CodeReward()(["p"], [_py(program)], tests=[tests]) == [pytest.approx(7 / 8)]

@@ -7,31 +7,41 @@ in which every top-level `assert` (or bare expression such as `check(f)`) counts
 Reward: the fraction of tests passed (`mode="fraction"`) or 1.0 only if all pass (`mode="all"`);
 0.0 without a program; None when the tests themselves cannot be read.
 
-Each process runs `_sandbox_child.py` (see its docstring for the confinement layers) in a fresh
-temporary directory that is deleted afterwards, in a new session, with stdin/stdout/stderr on
-files; on wall-clock timeout the whole process group is SIGKILLed. stdout is capped by
-RLIMIT_FSIZE. Accepted `tests` forms:
+Each process runs `_sandbox_child.py` (its docstring lists the layers: namespaces, read-only
+root and tmpfs work dir, an unprivileged uid through a world-readable python3, seccomp, no
+inherited fds) under a wall-clock deadline. The verdict comes from the trusted side: stdin cases
+compare exit status and stdout here; assert tests run in the sandbox's supervisor, outside the
+program's process, against stubs of its functions (sandbox_rpc), so writing pass lines, walking
+frames or exiting early with status 0 cannot move the count. Every call reports the caps it hit
+(time, memory, output) and the layers missing (logged once, counted in COUNTERS).
+Accepted `tests` forms:
   {"inputs": [...], "outputs": [...]}               (APPS)
   {"test_cases": [{"input": .., "output": ..}, ..]}  (open-r1 verification_info)
   [{"input": .., "output": ..}, ..], [(input, output), ..] or one {"input": .., "output": ..}
   "assert f(1) == 2\\n..."                           (MBPP / HumanEval style)
   {"asserts": "...", ...} together with any stdin form; a JSON string of any of these.
-APPS call-based problems (`fn_name`) are not supported: they score None.
+APPS call-based problems (`fn_name`) are not supported: they score None. Assert tests see
+only plain values returned by the program (sandbox_rpc lists the limits of that protocol).
 """
 
 from __future__ import annotations
 
 import ast
+import collections
+import functools
 import json
+import logging
+import marshal
 import os
 import re
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 _CHILD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_sandbox_child.py")
 _PY_BLOCK_RE = re.compile(r"```[ \t]*(?:python3?|py)[ \t]*\n(.*?)```", re.DOTALL | re.IGNORECASE)
@@ -39,6 +49,9 @@ _ANY_BLOCK_RE = re.compile(r"```[^\n]*\n(.*?)```", re.DOTALL)
 _ANSWER_RE = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 NOBODY = 65534
 STARTUP_GRACE_S = 0.5  # wall-clock allowance for interpreter start-up, on top of timeout_s
+REPORT_GRACE_S = 0.5  # for the supervisor to report after its deadline
+EXIT_MEMORY = 57  # _sandbox_child.EXIT_MEMORY
+log = logging.getLogger(__name__)
 
 
 def extract_program(completion: str) -> str | None:
@@ -104,16 +117,96 @@ def _normalise_output(text: str) -> str:
     return "\n".join(line.rstrip() for line in text.strip().splitlines())
 
 
+LAYERS = ("uid", "pidns", "mountns", "readonly_root", "proc", "work_tmpfs", "netns", "ipcns")
+LAYERS += ("landlock", "seccomp", "audit_hook")
+COUNTERS: collections.Counter = collections.Counter()  # this process's sandbox metrics
+_warned: set = set()
+
+
 @dataclass(frozen=True)
 class RunResult:
     returncode: int | None  # None when killed for exceeding the wall clock
     stdout: str
-    passed_asserts: int = 0
-    isolation: dict | None = None  # optional layers in effect: {"netns": 0/1, "nobody": 0/1}
+    passed_asserts: int = 0  # counted by the judge, outside the sandbox
+    isolation: dict | None = None  # {layer: 1 in effect / 0 missing}; None: no report came back
+    missing: dict = field(default_factory=dict)  # {layer: why it is missing}
+    caps_hit: tuple = ()  # of "time", "memory", "output"
+    wall_s: float = 0.0
+    cpu_s: float = 0.0
+    max_rss_mb: float = 0.0
 
     @property
     def timed_out(self) -> bool:
         return self.returncode is None
+
+
+def _readable_by_others(path: str, directory: bool = False) -> bool:
+    """Can an unprivileged uid read `path` (and traverse every ancestor)?"""
+    path = os.path.realpath(path)
+    need = stat.S_IROTH | (stat.S_IXOTH if directory else 0)
+    try:
+        if os.stat(path).st_mode & need != need:
+            return False
+        while path != os.path.dirname(path):
+            path = os.path.dirname(path)
+            if not os.stat(path).st_mode & stat.S_IXOTH:
+                return False
+    except OSError:
+        return False
+    return True
+
+
+@functools.cache
+def _usable_unprivileged(python: str) -> bool:
+    """Does `python` run with its standard library readable by an unprivileged uid?"""
+    if not _readable_by_others(python):
+        return False
+    probe = "import os, sys; print(sys.version_info >= (3, 8)); print(os.path.dirname(os.__file__))"
+    try:
+        out = subprocess.run(
+            [python, "-I", "-S", "-c", probe], capture_output=True, text=True, timeout=30
+        ).stdout.split("\n")
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return out[0] == "True" and _readable_by_others(out[1], directory=True)
+
+
+def resolve_python(python: str | None = None, drop_privileges: bool = True) -> str:
+    """The interpreter for the sandbox. As root (dropping to uid 65534) it must be one that uid
+    can run with its standard library, e.g. the system python3, never a skipped drop."""
+    candidates = (
+        [python] if python else [sys.executable, "/usr/bin/python3", "/usr/local/bin/python3"]
+    )
+    if os.geteuid() != 0 or not drop_privileges:
+        return candidates[0]
+    for c in candidates:
+        if c and _usable_unprivileged(c):
+            return c
+    raise ValueError(
+        f"code reward: python={python or sys.executable!r} cannot run as uid {NOBODY} (it or its"
+        " standard library is not world-readable); set `python` to a world-readable python3"
+        " (3.8+), e.g. /usr/bin/python3"
+    )
+
+
+def _note(missing: dict, caps_hit: tuple) -> None:
+    COUNTERS["sandbox/calls"] += 1
+    for cap in caps_hit:
+        COUNTERS[f"sandbox/{cap}_cap"] += 1
+    if missing:
+        COUNTERS["sandbox/layers_missing"] += 1
+    for layer, why in missing.items():
+        COUNTERS[f"sandbox/missing/{layer}"] += 1
+        if (layer, why) not in _warned:
+            _warned.add((layer, why))
+            log.warning("code sandbox: layer %r is missing (%s)", layer, why)
+
+
+def _memfd(name: str, data: bytes) -> int:
+    fd = os.memfd_create(name)
+    os.write(fd, data)
+    os.lseek(fd, 0, os.SEEK_SET)
+    return fd
 
 
 def run_sandboxed(
@@ -128,76 +221,131 @@ def run_sandboxed(
     drop_privileges: bool = True,
     isolate_network: bool = True,
     python: str | None = None,
+    namespaces: bool = True,
+    seccomp: bool = True,
+    audit_hook: bool = True,
+    work_mb: int = 16,
 ) -> RunResult:
-    """Run `program` once in the sandbox (then `test_code`'s asserts, if given).
+    """Run `program` once in the sandbox (`_sandbox_child.py` describes the layers): on `stdin`,
+    or serving calls from `test_code`'s asserts, which the judge counts outside the sandbox.
 
-    `timeout_s` is the CPU limit; the wall-clock limit adds STARTUP_GRACE_S for start-up."""
+    `timeout_s` is the CPU limit; the wall-clock limit adds STARTUP_GRACE_S for start-up.
+    `namespaces`, `seccomp`, `audit_hook`: layers to leave out (tests; each is warned about)."""
+    python = resolve_python(python, drop_privileges)
+    t0 = time.monotonic()
+    wall_s = timeout_s + STARTUP_GRACE_S
     root = tempfile.mkdtemp(prefix="r1jax-sandbox-")
+    fds: list[int] = []
     try:
-        work, io_dir = os.path.join(root, "work"), os.path.join(root, "io")
+        work = os.path.join(root, "work")
         os.mkdir(work, 0o700)
-        os.mkdir(io_dir, 0o700)  # closed to `nobody`: the program cannot fake its own results
         if drop_privileges and os.geteuid() == 0:
             os.chmod(root, 0o711)  # `nobody` may traverse to work/ by absolute path, not list
             os.chown(work, NOBODY, NOBODY)
-        paths = {k: os.path.join(io_dir, k) for k in ("config", "stdin", "stdout", "result")}
-        with open(paths["stdin"], "w", encoding="utf-8") as f:
-            f.write(stdin)
-        with (
-            open(paths["stdin"], "rb") as fin,
-            open(paths["stdout"], "wb") as fout,
-            open(paths["result"], "wb") as fres,
-        ):
-            cfg = dict(
-                program=program,
-                mode="assert" if test_code is not None else "stdin",
-                test_code=test_code,
-                workdir=work,
-                result_fd=fres.fileno(),
-                cpu_s=timeout_s,
-                memory_bytes=int(memory_mb) << 20,
-                fsize_bytes=int(max_output_bytes),
-                nofile=64,
-                nproc=nproc,
-                drop_privileges=drop_privileges,
-                isolate_network=isolate_network,
-                ppid=os.getpid(),
-            )
-            with open(paths["config"], "w", encoding="utf-8") as f:
-                json.dump(cfg, f)
-            env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", "HOME": work}
-            env.update(TMPDIR=work, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
+        report_r, report_w = os.pipe()
+        tests_fd = _memfd("r1jax-tests", test_code.encode()) if test_code is not None else -1
+        fds += [report_r, report_w] + ([tests_fd] if tests_fd >= 0 else [])
+        cfg = dict(
+            program=program,
+            mode="assert" if test_code is not None else "stdin",
+            workdir=work,
+            report_fd=report_w,
+            tests_fd=tests_fd,
+            deadline=t0 + wall_s,
+            cpu_s=timeout_s,
+            memory_bytes=int(memory_mb) << 20,
+            fsize_bytes=int(max_output_bytes),
+            max_msg_bytes=int(max_output_bytes),
+            work_bytes=int(work_mb) << 20,
+            nofile=64,
+            nproc=nproc,
+            uid=NOBODY,
+            gid=NOBODY,
+            ppid=os.getpid(),
+            drop_privileges=drop_privileges,
+            isolate_network=isolate_network,
+            namespaces=namespaces,
+            seccomp=seccomp,
+            audit_hook=audit_hook,
+        )
+        cfg_fd = _memfd("r1jax-sandbox", marshal.dumps(cfg))  # data only, read by our child
+        fds.append(cfg_fd)
+        env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", "HOME": work}
+        env.update(TMPDIR=work, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
+        with tempfile.TemporaryFile(dir=root) as fin, tempfile.TemporaryFile(dir=root) as fout:
+            fin.write(stdin.encode())
+            fin.seek(0)
             proc = subprocess.Popen(
-                [python or sys.executable, "-I", "-B", _CHILD, paths["config"]],
+                [python, "-I", "-B", "-S", _CHILD, str(cfg_fd)],
                 stdin=fin,
                 stdout=fout,
                 stderr=subprocess.DEVNULL,
-                cwd=work,
+                cwd=root,
                 env=env,
-                pass_fds=(fres.fileno(),),
-                start_new_session=True,  # own process group: killpg takes its children too
+                pass_fds=(cfg_fd, report_w) + ((tests_fd,) if tests_fd >= 0 else ()),
+                start_new_session=True,  # own process group: killpg takes the init too
             )
+            for fd in fds[1:]:
+                os.close(fd)  # the child holds its copies; a read of report_r then ends at EOF
+            fds = fds[:1]
             try:
-                returncode = proc.wait(timeout=timeout_s + STARTUP_GRACE_S)
+                proc.wait(timeout=wall_s + REPORT_GRACE_S)
+                timed_out = False
             except subprocess.TimeoutExpired:
-                returncode = None
+                timed_out = True
             finally:
                 try:
                     os.killpg(proc.pid, signal.SIGKILL)
                 except (ProcessLookupError, PermissionError):
                     pass
                 proc.wait()
-        with open(paths["stdout"], "rb") as f:
-            stdout = f.read(max_output_bytes).decode("utf-8", errors="replace")
-        with open(paths["result"], "rb") as f:
-            lines = f.read(1 << 16).split(b"\n")
-        try:
-            isolation = json.loads(lines[0])
-        except ValueError:
-            isolation = None  # the child died before confining itself
-        return RunResult(returncode, stdout, lines[1:].count(b"1"), isolation)
+            wall = time.monotonic() - t0
+            os.set_blocking(report_r, False)
+            try:  # written by the supervisor, which no sandboxed process can reach
+                report = marshal.loads(os.read(report_r, 1 << 20))
+            except (BlockingIOError, EOFError, ValueError, TypeError):
+                report = None
+            size = fout.tell()
+            fout.seek(0)
+            stdout = fout.read(max_output_bytes).decode("utf-8", errors="replace")
+        return _result(report, timed_out, stdout, size, wall, cfg)
     finally:
+        for fd in fds:
+            os.close(fd)
         shutil.rmtree(root, ignore_errors=True)
+
+
+def _result(report, timed_out, stdout, size, wall, cfg) -> RunResult:
+    if report is None:  # the supervisor died (killed at the wall clock, or a broken interpreter)
+        missing, caps = {"report": "no report from the sandbox"}, ("time",) if timed_out else ()
+        _note(missing, caps)
+        return RunResult(
+            None if timed_out else -1, stdout, missing=missing, caps_hit=caps, wall_s=wall
+        )
+    code, cpu_s, rss_mb = report["exit"], report["cpu_s"], report["maxrss_kb"] / 1024
+    caps = []
+    timed_out = timed_out or report["deadline_hit"]
+    if timed_out or cpu_s >= cfg["cpu_s"] or code in (128 + signal.SIGXCPU, -signal.SIGXCPU):
+        caps.append("time")
+    mem = cfg["memory_bytes"] / 2**20
+    if code == EXIT_MEMORY or report.get("memory_errors") or rss_mb >= 0.9 * mem:
+        caps.append("memory")
+    if size >= cfg["fsize_bytes"]:
+        caps.append("output")
+    missing = report["missing"]
+    _note(missing, tuple(caps))
+    isolation = {layer: int(layer not in missing) for layer in LAYERS}
+    return RunResult(
+        None if timed_out else code,
+        stdout,
+        report.get("passed", 0),
+        isolation,
+        missing,
+        tuple(caps),
+        wall,
+        cpu_s,
+        rss_mb,
+    )
 
 
 class CodeReward:
@@ -219,10 +367,11 @@ class CodeReward:
         drop_privileges: bool = True,
         isolate_network: bool = True,
         python: str | None = None,
+        work_mb: int = 16,
     ):
         if mode not in ("fraction", "all"):
             raise ValueError(f"code reward: mode must be 'fraction' or 'all', got {mode!r}")
-        if timeout_s <= 0 or total_timeout_s <= 0 or memory_mb <= 0 or max_output_bytes <= 0:
+        if min(timeout_s, total_timeout_s, memory_mb, max_output_bytes, work_mb) <= 0:
             raise ValueError("code reward: timeouts and limits must be positive")
         self.mode, self.total_timeout_s = mode, total_timeout_s
         self.limits = dict(
@@ -231,7 +380,8 @@ class CodeReward:
             max_output_bytes=max_output_bytes,
             drop_privileges=drop_privileges,
             isolate_network=isolate_network,
-            python=python,
+            python=resolve_python(python, drop_privileges),  # fails here, naming `python`
+            work_mb=work_mb,
         )
 
     def score(self, completion: str, tests) -> float | None:
