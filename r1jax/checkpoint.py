@@ -145,17 +145,19 @@ class Checkpointer:
                 if saved is not None and saved != sums:
                     problem = problem or "its arrays differ from what was saved (checksums)"
             except Exception as e:  # noqa: BLE001 (any unreadable file: fall back)
-                problem = one_line(e)
+                problem = one_line(e).split(" [tensorstore_spec")[0][:400]
             if distributed.any_true(bool(problem)):  # every process falls back alike
                 unusable.append(f"step {step}: {problem or 'unreadable on another process'}")
                 continue
             if unusable:
                 log.warning(
-                    "checkpoint %s unusable (%s); resuming from step %d",
+                    "checkpoint %s unusable (%s); resuming from step %d (moved aside to %s)",
                     self.dir / str(steps[0]),
                     "; ".join(unusable),
                     step,
+                    self.dir.parent / "unusable_checkpoints",
                 )
+                self._set_aside([s for s in steps if s > step])
             return step, state, extra
         if unusable:
             raise StateError(
@@ -163,6 +165,20 @@ class Checkpointer:
                 "start over"
             )
         return None
+
+    def _set_aside(self, steps) -> None:
+        """Moves unusable checkpoints to WORKDIR/unusable_checkpoints (kept for a post-mortem;
+        their steps are redone and saved again)."""
+        if distributed.is_main():
+            aside = self.dir.parent / "unusable_checkpoints"
+            aside.mkdir(parents=True, exist_ok=True)
+            for step in steps:
+                dst = aside / str(step)
+                if dst.exists():
+                    dst.rmtree()
+                (self.dir / str(step)).rename(dst)
+        distributed.barrier("checkpoints_set_aside")
+        self.mngr.reload()
 
     def restore(self, step: int, state_like) -> tuple[dict, dict]:
         """Restores into the shapes, dtypes and shardings of `state_like` (arrays or structs)."""

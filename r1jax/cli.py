@@ -217,7 +217,7 @@ def _lock(argv: list[str]) -> files.WorkdirLock:
 
 # What a user (or the machine) must fix, printed as one line: exit status 2 (the input), 1 (the
 # run: a held workdir, non-finite updates, no usable checkpoint, a full or read-only disk).
-CONFIG_ERRORS = (ConfigError, DataError, FileError, ConnectionError)
+CONFIG_ERRORS = (ConfigError, DataError, FileError, ConnectionError, FileNotFoundError)
 RUN_ERRORS = (StateError, FloatingPointError)
 IO_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.EIO}
 
