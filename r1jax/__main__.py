@@ -4,11 +4,18 @@ Commands: train, sft, distill, eval, rejection, reward_model, pipeline, sample (
 convert, sweep, plan, plot (r1jax.tools, r1jax.plotting).
 """
 
+import importlib
 import sys
 
-from r1jax import cli, plotting, tools
+from r1jax import cli
 
-TOOLS = {"convert": tools.convert, "sweep": tools.sweep, "plan": tools.plan, "plot": plotting.main}
+# Imported only when used: the commands lock their workdir before anything imports JAX.
+TOOLS = {
+    "convert": ("r1jax.tools", "convert"),
+    "sweep": ("r1jax.tools", "sweep"),
+    "plan": ("r1jax.tools", "plan"),
+    "plot": ("r1jax.plotting", "main"),
+}
 
 
 def main() -> None:
@@ -17,7 +24,8 @@ def main() -> None:
         raise SystemExit(f"usage: python -m r1jax COMMAND [--flags]; COMMAND is one of {names}")
     command, argv = sys.argv[1], [f"r1jax {sys.argv[1]}", *sys.argv[2:]]
     if command in TOOLS:
-        TOOLS[command](argv)
+        module, fn = TOOLS[command]
+        getattr(importlib.import_module(module), fn)(argv)
     else:
         cli.main(command, argv)
 

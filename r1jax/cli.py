@@ -6,7 +6,8 @@
 
 --config takes a file (configs/r1zero.py) or a shipped config by name (r1zero), with ":args";
 --config.KEY=VALUE overrides any field (a mistyped key is a one-line error naming the nearest
-valid ones); --dry_run prints the resolved config and checks it without running. Several hosts:
+valid ones); --dry_run prints the resolved config and checks it without running. A workdir is
+locked (r1jax.files.WorkdirLock) for the run's lifetime, before JAX is imported. Several hosts:
 --coordinator=HOST:PORT --num_processes=N --process_id=I, or nothing on a Cloud TPU pod, under
 SLURM or Open MPI (r1jax.distributed); every process checks that all run the same code and
 config before anything compiles.
@@ -14,17 +15,19 @@ config before anything compiles.
 
 from __future__ import annotations
 
+import errno
 import importlib
 import logging
 import sys
 
-import jax
 from absl import flags
 from ml_collections import config_flags
 
-from r1jax import configs, distributed, files
+# Nothing imported here imports JAX: the workdir lock is taken before JAX starts (main); what
+# needs JAX is imported by name after it (`_late`).
+from r1jax import configs, files
 from r1jax.data import DataError
-from r1jax.errors import ConfigError
+from r1jax.errors import ConfigError, FileError, StateError, one_line
 
 # command -> (module, its run function, its dry-run check or "", what it is)
 COMMANDS = {
@@ -105,8 +108,29 @@ def _unknown_key(argv, err) -> str:
     return f"--config: {err}"
 
 
+def _late(module: str):
+    """A module that imports JAX, imported only once the workdir is locked (main)."""
+    return importlib.import_module(module)
+
+
+def check_config(config, where: str = "config") -> None:
+    """Checks every `optim` and `sampling` section of a config (a pipeline has one per stage),
+    so a bad value is a one-line error naming its field before anything is loaded."""
+    for key, value in config.items():
+        if not hasattr(value, "items"):
+            continue
+        if key == "optim":
+            steps = config.get("steps", 0) or 0
+            _late("r1jax.optim").check_config(value, f"{where}.optim", steps=steps)
+        elif key == "sampling":
+            _late("r1jax.rollout").check_sampling(value, f"{where}.sampling")
+        else:
+            check_config(value, f"{where}.{key}")
+
+
 def start(fv) -> None:
     """Joins the other processes (if any), then checks they run the same code and config."""
+    jax, distributed = _late("jax"), _late("r1jax.distributed")
     distributed.initialize(
         fv.coordinator, fv.num_processes, fv.process_id, timeout_s=fv.init_timeout_s
     )
@@ -128,6 +152,7 @@ def _stage(command: str, check: bool = False):
 
 def run(command: str, config, workdir):
     """Runs a command's stage; a run that fails before writing anything leaves no workdir."""
+    distributed = _late("r1jax.distributed")
     if workdir is None:
         return _stage(command)(config, None)
     wd = files.path(workdir)
@@ -141,7 +166,7 @@ def run(command: str, config, workdir):
 
 
 def _report(command: str, result) -> None:
-    if not distributed.is_main() or not isinstance(result, dict):
+    if not _late("r1jax.distributed").is_main() or not isinstance(result, dict):
         return
     if command == "train":
         print({k: round(v, 4) for k, v in result.items() if k.startswith(("eval/", "train/acc"))})
@@ -165,27 +190,88 @@ def _report(command: str, result) -> None:
         print({k: result[k] for k in keys})
 
 
+def _flag(argv: list[str], name: str) -> str | None:
+    """The value of --name=V / --name V / --name (a bool: "true") in a raw command line."""
+    value = None
+    for i, a in enumerate(argv[1:], 1):
+        bare = a.lstrip("-")
+        if not a.startswith("-"):
+            continue
+        if bare.startswith(name + "="):
+            value = bare.split("=", 1)[1]
+        elif bare == name:
+            value = argv[i + 1] if name == "workdir" and i + 1 < len(argv) else "true"
+        elif bare == "no" + name:
+            value = "false"
+    return value
+
+
+def _lock(argv: list[str]) -> files.WorkdirLock:
+    """The workdir lock this command line asks for, read from the raw flags: parsing them loads
+    the config file, which imports JAX."""
+    dry = (_flag(argv, "dry_run") or "false").lower() in ("true", "1")
+    pid = _flag(argv, "process_id")
+    rank = files.launch_rank(int(pid) if pid and pid.lstrip("-").isdigit() else -1)
+    return files.WorkdirLock(None if dry else _flag(argv, "workdir"), rank)
+
+
+# What a user (or the machine) must fix, printed as one line: exit status 2 (the input), 1 (the
+# run: a held workdir, non-finite updates, no usable checkpoint, a full or read-only disk).
+CONFIG_ERRORS = (ConfigError, DataError, FileError, ConnectionError, FileNotFoundError)
+RUN_ERRORS = (StateError, FloatingPointError)
+IO_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.EIO}
+
+
+def io_error(e: BaseException) -> OSError | None:
+    """The disk error (disk full, read-only, permission...) behind `e`, if any: libraries such as
+    orbax re-raise it wrapped in their own exceptions."""
+    while e is not None:
+        if isinstance(e, OSError) and e.errno in IO_ERRNOS:
+            return e
+        e = e.__cause__ or e.__context__
+    return None
+
+
+def describe_io_error(e: OSError) -> str:
+    where = e.filename or "(path not given)"
+    return f"{where}: {e.strerror or one_line(e)} ({errno.errorcode.get(e.errno, e.errno)})"
+
+
 def main(command: str, argv: list[str] | None = None) -> None:
-    """The entry point of `command` (see COMMANDS): parse, start, run, report."""
+    """The entry point of `command` (see COMMANDS): lock, parse, start, run, report."""
     argv = list(sys.argv if argv is None else argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        with _lock(argv):
+            _main(command, argv)
+    except CONFIG_ERRORS as e:
+        print(f"{command}: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except RUN_ERRORS as e:
+        print(f"{command}: {e}", file=sys.stderr)
+        raise SystemExit(1) from None
+    except Exception as e:
+        if (disk := io_error(e)) is None:
+            raise
+        print(f"{command}: {describe_io_error(disk)}", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+def _main(command: str, argv: list[str]) -> None:
     try:
         fv = parse(argv, command, flags.FLAGS)
     except SystemExit as e:
         print(e, file=sys.stderr)
         raise SystemExit(2) from None
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        start(fv)
-        config = fv.config
-        if fv.dry_run:  # everything that can be checked without loading or compiling
-            if check := _stage(command, check=True):
-                check(config)
-            print(config)
-            return
-        _report(command, run(command, config, fv.workdir))
-    except (ConfigError, DataError, ConnectionError) as e:  # the user's to fix: one line
-        print(f"{command}: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
+    check_config(fv.config)
+    start(fv)
+    config = fv.config
+    if fv.dry_run:  # everything that can be checked without loading or compiling
+        if check := _stage(command, check=True):
+            check(config)
+        print(config)
+        return
+    _report(command, run(command, config, fv.workdir))
 
 
 def entry(command: str):

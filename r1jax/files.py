@@ -3,13 +3,26 @@
 Paths are `etils.epath.Path`, so a workdir may be a local directory or a bucket. Writes that a
 reader must never see half-done (summaries, datasets, journals rewritten in place) go to a
 temporary name first and are renamed into place (`write_text`, `write_json`, `write_jsonl`);
-appends (`append_jsonl`) are for logs whose torn last line the reader drops (`read_jsonl`).
+appends (`append_jsonl`) are for logs whose torn last line the reader drops (`read_jsonl`). A
+write that fails (a full disk) leaves the old file as it was and no temporary file behind.
+
+One run per workdir: `WorkdirLock` (WORKDIR/r1jax.lock), taken by the command line before JAX
+is imported, so a second run in the same workdir stops at once with a one-line error instead of
+interleaving its metrics and checkpoints with the first's. It is `fcntl.flock` on a local file:
+the kernel drops it when its process dies, however it dies, so the lock of a killed run is taken
+over (with a warning naming the dead holder); the file holds "pid N on HOST" for the messages.
+In a multi-host job only process 0 takes it; on an object store (gs://) nothing can be locked,
+which a warning says.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
+import logging
 import math
+import os
+import socket
 import uuid
 from collections.abc import Iterable
 from typing import Any
@@ -17,6 +30,9 @@ from typing import Any
 import numpy as np
 from etils import epath
 
+from r1jax.errors import StateError
+
+log = logging.getLogger(__name__)
 PathLike = str | epath.PathLike
 
 
@@ -58,8 +74,13 @@ def write_text(p: PathLike, text: str) -> epath.Path:
     p = path(p)
     p.parent.mkdir(parents=True, exist_ok=True)
     tmp = p.parent / f".{p.name}.{uuid.uuid4().hex[:8]}.tmp"
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(p)
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(p)
+    except BaseException:
+        if tmp.exists():  # e.g. a full disk: no half-written file left behind
+            tmp.unlink()
+        raise
     return p
 
 
@@ -118,3 +139,75 @@ def remove_if_empty(p: PathLike) -> None:
     p = path(p)
     if p.is_dir() and not any(p.iterdir()):
         p.rmdir()
+
+
+LOCK_NAME = "r1jax.lock"
+# Where cluster launchers put a process's index before JAX has started (r1jax.distributed).
+RANK_VARIABLES = ("SLURM_PROCID", "OMPI_COMM_WORLD_RANK", "TPU_WORKER_ID", "CLOUD_TPU_TASK_ID")
+
+
+def launch_rank(process_id: int = -1) -> int:
+    """This process's index in the job, known before JAX starts: --process_id, else a cluster
+    launcher's variable, else 0."""
+    if process_id >= 0:
+        return process_id
+    for var in RANK_VARIABLES:
+        if os.environ.get(var, "").strip().isdigit():
+            return int(os.environ[var])
+    return 0
+
+
+class WorkdirLock:
+    """`with WorkdirLock(workdir):` holds the workdir's lock; StateError if a live run holds it.
+    workdir None (no workdir) or rank > 0 holds nothing."""
+
+    def __init__(self, workdir: str | None, rank: int = 0):
+        self.workdir, self.rank = workdir, rank
+        self._fd: int | None = None
+        self._created = False
+
+    @property
+    def path(self) -> str:
+        return os.path.join(str(path(self.workdir)), LOCK_NAME)
+
+    def __enter__(self):
+        if self.workdir is None or self.rank != 0:
+            return self
+        if is_remote(self.workdir):
+            log.warning(
+                "%s is on an object store, where no lock is possible: nothing stops a second "
+                "run in the same workdir",
+                self.workdir,
+            )
+            return self
+        wd = os.path.dirname(self.path)
+        self._created = not os.path.isdir(wd)
+        os.makedirs(wd, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "pid unknown"
+            os.close(fd)
+            raise StateError(
+                f"workdir {wd} is in use by another run ({holder}; lock {self.path}); wait for "
+                "it to end, or use another --workdir"
+            ) from None
+        previous = os.pread(fd, 200, 0).decode(errors="replace").strip()
+        if previous:  # written by a run that died without releasing (SIGKILL, a crash)
+            log.warning("taking over %s from a run that is gone (%s)", self.path, previous)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+        self._fd = fd
+        return self
+
+    def __exit__(self, *exc):
+        if self._fd is None:
+            return
+        os.ftruncate(self._fd, 0)  # released in order: nothing for the next run to warn about
+        wd = os.path.dirname(self.path)
+        if self._created and os.listdir(wd) == [LOCK_NAME]:  # a run that wrote nothing: no dir
+            os.remove(self.path)
+            os.rmdir(wd)
+        os.close(self._fd)
+        self._fd = None

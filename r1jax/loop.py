@@ -1,10 +1,13 @@
 """The one training loop: every stage hands it a `Run` (its state and one step) and the loop does
 the rest, the same way for GRPO, SFT, distillation and the reward model:
 
-  resume    the latest checkpoint in WORKDIR/checkpoints (state, data position), refusing a
-            changed config; rows of metrics/samples logged after it are dropped (redone);
+  resume    the newest usable checkpoint in WORKDIR/checkpoints (state, data position; a
+            corrupt or non-finite newer one is skipped with a warning), refusing a changed
+            config; rows of metrics/samples logged after it are dropped (redone);
   each step the stage's step -> metrics -> non-finite guard (config.max_nonfinite_in_a_row
-            skipped updates in a row stop the run, after a checkpoint) -> periodic evaluation
+            skipped updates in a row stop the run, after checkpointing the last good state:
+            the guard never lets a non-finite update in, and the checkpointer refuses a
+            non-finite state) -> periodic evaluation
             -> metrics.jsonl / TensorBoard / progress bar -> samples.jsonl -> checkpoint;
   SIGTERM   (a preemption, on any host) -> every host checkpoints the same step, then stops;
   the end   the stage's `finish` (e.g. export WORKDIR/model), and the last logged metrics.
@@ -96,9 +99,10 @@ def run(config, workdir, r: Run) -> dict:
     main = distributed.is_main()
     ckpt = checkpoint.Checkpointer(wd, keep=c.get("keep_checkpoints", 2))
     config_json = _config_json(c)
-    start = ckpt.latest_step() or 0
-    if start:
-        r.state, extra = ckpt.restore(start, r.state)
+    found = ckpt.restore_latest(r.state)
+    start = found[0] if found else 0
+    if found:
+        r.state, extra = found[1], found[2]
         checkpoint.check_resume(extra.get("config", {}), config_json)
         if r.data is not None:
             r.data.set_state(extra["data"])
@@ -160,10 +164,12 @@ def _steps(c, wd, r: Run, start, ckpt, writer, bar) -> dict:
                 _append(wd / SAMPLES, step, samples[: c.get("num_samples_logged", 8)], main)
             limit = c.get("max_nonfinite_in_a_row", 5)
             if bad_in_a_row >= limit:
+                # The guard kept the last good state; the checkpoint refuses anything else.
                 ckpt.save(step, r.state, extra())
                 raise FloatingPointError(
-                    f"step {step}: non-finite loss/gradients in {bad_in_a_row} steps in a row "
-                    "(config.max_nonfinite_in_a_row)"
+                    f"step {step}: non-finite loss, gradients or updated state in {bad_in_a_row} "
+                    "steps in a row (config.max_nonfinite_in_a_row); the last good state is "
+                    f"checkpointed in {ckpt.dir}"
                 )
             bar.update(1)
             bar.set_postfix({k.split("/")[-1]: f"{m[k]:.3f}" for k in r.postfix if k in m})

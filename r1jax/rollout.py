@@ -11,6 +11,7 @@ random bits do not depend on the sharding), and each process gets back only its 
 from __future__ import annotations
 
 import functools
+import math
 
 import jax
 import numpy as np
@@ -21,10 +22,28 @@ from r1jax.errors import ConfigError
 from r1jax.rewards import RewardPool, RewardStack
 
 
+def check_sampling(section, where: str = "config.sampling") -> None:
+    """Decoding settings as one-line errors naming the field (SamplingConfig's own checks do
+    not know the field's name, and NaN passes a comparison)."""
+    rules = {
+        "temperature": (lambda v: v >= 0, "a finite number >= 0 (0: greedy)"),
+        "top_p": (lambda v: 0 < v <= 1, "a finite number in (0, 1]"),
+        "top_k": (lambda v: v >= 0 and v == int(v), "an integer >= 0 (0: no top-k)"),
+        "max_new_tokens": (lambda v: v >= 1 and v == int(v), "an integer >= 1"),
+        "chunk": (lambda v: v >= 1 and v == int(v), "an integer >= 1"),
+    }
+    for name, (ok, rule) in rules.items():
+        v = section.get(name, 1)
+        number = isinstance(v, (int, float)) and not isinstance(v, bool)
+        if not (number and math.isfinite(v) and ok(v)):
+            raise ConfigError(f"{where}.{name}={v!r}: must be {rule}")
+
+
 def sampling_config(section, tok, **override) -> sampling.SamplingConfig:
     """SamplingConfig from a `sampling` section (configs/common.sampling) and the tokenizer
     (end and pad ids, stop strings as ids); `override` replaces section fields."""
     s = {**dict(section), **override}
+    check_sampling(s)
     greedy = bool(s.get("greedy", False))
     return sampling.SamplingConfig(
         max_new_tokens=int(s["max_new_tokens"]),

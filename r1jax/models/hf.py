@@ -37,6 +37,7 @@ from jax.experimental import multihost_utils
 
 from r1jax import files
 from r1jax import sharding as shd
+from r1jax.errors import FileError
 from r1jax.models import config as config_lib
 from r1jax.models import transformer as tfm
 from r1jax.models.config import ModelConfig
@@ -58,7 +59,7 @@ TOKENIZER_FILES = (
 )
 
 
-class CheckpointError(ValueError):
+class CheckpointError(FileError):
     """The checkpoint on disk does not match what the config says it should contain."""
 
 
@@ -80,17 +81,32 @@ def _is_local(path: str) -> bool:
 
 
 def _read_header(file: epath.Path) -> dict[str, TensorInfo]:
+    """The tensors of a safetensors file, checked against the file's size before anything is
+    mapped (a truncated file would otherwise fail inside mmap, naming nothing)."""
+    size = file.stat().length
     with file.open("rb") as f:
         head = f.read(8)
         if len(head) < 8:
             raise CheckpointError(f"{file}: shorter than a safetensors header")
         (n,) = struct.unpack("<Q", head)
-        header = json.loads(f.read(n))
+        if n > size - 8:
+            raise CheckpointError(f"{file}: header of {n} bytes in a {size}-byte file (corrupt)")
+        try:
+            header = json.loads(f.read(n))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise CheckpointError(f"{file}: the safetensors header is not JSON (corrupt)") from None
     out = {}
     for name, meta in header.items():
         if name == "__metadata__":
             continue
-        start, _ = meta["data_offsets"]
+        start, stop = meta["data_offsets"]
+        dtype, shape = meta["dtype"], meta["shape"]
+        sized = dtype not in _DTYPES or stop - start == _nbytes(dtype, shape)
+        if not sized or 8 + n + stop > size:
+            raise CheckpointError(
+                f"{file}: tensor {name!r} needs bytes {8 + n + start}..{8 + n + stop} of a "
+                f"{size}-byte file (truncated or corrupt)"
+            )
         out[name] = TensorInfo(os.fspath(file), meta["dtype"], tuple(meta["shape"]), 8 + n + start)
     return out
 

@@ -19,6 +19,7 @@ import orbax.checkpoint as ocp
 
 from r1jax import distributed, files
 from r1jax import sharding as shd
+from r1jax.errors import FileError, one_line
 from r1jax.models import config as model_config
 from r1jax.models import hf
 from r1jax.models import transformer as tfm
@@ -129,8 +130,11 @@ def load_model(path, mesh=None, **cfg_overrides) -> tuple[ModelConfig, dict]:
         tfm.abstract_params(cfg),
         tfm.param_shardings(cfg, mesh),
     )
-    with ocp.StandardCheckpointer() as ckptr:
-        params = ckptr.restore(path / "params", target)
+    try:
+        with ocp.StandardCheckpointer() as ckptr:
+            params = ckptr.restore(path / "params", target)
+    except Exception as e:  # noqa: BLE001 (orbax/tensorstore raise many types; name the file)
+        raise FileError(f"{path / 'params'}: unreadable parameters ({one_line(e)})") from e
     return cfg, params
 
 

@@ -19,7 +19,7 @@ from collections import defaultdict
 
 from r1jax import distributed, evaluation, files, loop, rollout
 from r1jax import sharding as shd
-from r1jax.data import TASKS, load_dataset, templates
+from r1jax.data import TASKS, DataError, load_dataset, templates
 from r1jax.errors import ConfigError
 from r1jax.metrics import progress
 from r1jax.models import store
@@ -64,7 +64,14 @@ def load_questions(c) -> list[dict]:
             raise ConfigError(f"config.data.path/data_dir: {d.name} is generated, not read")
         data = load_dataset(d.name, d.split, seed=d.seed, **dict(d.kwargs))
     else:
-        data = load_dataset(d.name, d.split, data_dir=d.data_dir or None, path=d.path or None)
+        try:
+            data = load_dataset(d.name, d.split, data_dir=d.data_dir or None, path=d.path or None)
+        except UnicodeDecodeError:
+            raise DataError(f"config.data: {d.path or d.name}: not UTF-8 text") from None
+    if not len(data):  # a summary of nothing would say pass@1 NaN, "complete": true
+        raise DataError(
+            f"config.data: {d.path or d.data_dir or d.name} ({d.split} split) holds no questions"
+        )
     n = len(data) if not d.num_examples else min(d.num_examples, len(data))
     questions = [data[i] for i in range(n)]
     for i, ex in enumerate(questions):
