@@ -77,6 +77,9 @@ DIR_PREFIX = "r1jax-reward-worker-"
 _MAX_START_FAILURES = 3
 _LOGGED_ERRORS = 5
 _POLL_S = 0.2  # longest a waiting dispatcher goes without checking for close()
+# Items queued per worker: the next one waits in its socket while it computes one, which hides
+# the round trip (cheap rule rewards cost less than the messages). Only the first has a clock.
+_DEPTH = 2
 
 
 @dataclass(frozen=True)
@@ -191,8 +194,14 @@ def _worker_main(fd: int) -> None:
         return  # the pool is gone
 
 
+class _Item(NamedTuple):
+    index: int
+    sent: float
+    timeout_s: float
+
+
 class _Worker:
-    """One worker process: starting until it reports "ready", then idle or busy with `index`."""
+    """One worker process: starting until it reports "ready", then serving `queued` in order."""
 
     def __init__(self, preload: list, send_timeout_s: float):
         parent_sock, child_sock = socket.socketpair()
@@ -227,21 +236,20 @@ class _Worker:
             pass  # it died already: seen as end-of-file by the dispatcher
         self.spawned = time.monotonic()
         self.ready = False
-        self.index: int | None = None  # item in flight
-        self.sent = self.started = 0.0
-        self.timeout_s = 0.0
+        self.queued: collections.deque[_Item] = collections.deque()  # sent, not answered
+        self.started = 0.0  # when the first queued item's call began (0: not yet)
 
     @property
     def waiting(self) -> bool:
         """Starting or busy: the dispatcher waits for a message from it."""
-        return not self.ready or self.index is not None
+        return not self.ready or bool(self.queued)
 
     def deadline(self, setup_timeout_s: float) -> float:
         if not self.ready:
             return self.spawned + setup_timeout_s
         if self.started:
-            return self.started + self.timeout_s
-        return self.sent + setup_timeout_s  # still building the reward function
+            return self.started + self.queued[0].timeout_s
+        return self.queued[0].sent + setup_timeout_s  # building the function, or not started
 
     def kill(self) -> None:
         try:
@@ -450,35 +458,37 @@ class RewardPool:
         results: list[Outcome] = [Outcome(None, "pending")] * len(tasks)
         pending = collections.deque(range(len(tasks)))
         try:
-            while pending or any(w.index is not None for w in self._pool):
-                self._send(tasks, pending)
+            while pending or any(w.queued for w in self._pool):
+                self._send(tasks, results, pending)
                 self._collect(tasks, results, pending)
         except BaseException:
-            for w in [w for w in self._pool if w.index is not None]:
+            for w in [w for w in self._pool if w.queued]:
                 self._replace(w, respawn=False)  # never let a stale reply reach the next job
             raise
         return results
 
-    def _send(self, tasks: list[Task], pending: collections.deque) -> None:
-        for w in [w for w in self._pool if not w.waiting]:
-            if not pending:
-                return
-            i = pending.popleft()
-            try:
-                w.conn.send(("run", i, tasks[i]))
-            except OSError:  # died while idle, or stopped reading: replace it, retry the item
-                pending.appendleft(i)
-                self._replace(w)
-                continue
-            w.index, w.sent, w.started = i, time.monotonic(), 0.0
-            w.timeout_s = tasks[i].timeout_s or self.timeout_s
+    def _send(self, tasks: list[Task], results: list, pending: collections.deque) -> None:
+        for depth in range(1, _DEPTH + 1):  # one item to every worker before a second to any
+            for w in [w for w in self._pool if w.ready and len(w.queued) < depth]:
+                if not pending:
+                    return
+                i = pending.popleft()
+                try:
+                    w.conn.send(("run", i, tasks[i]))
+                except OSError:  # it died (or stopped reading for send_timeout_s)
+                    pending.appendleft(i)
+                    self._drop(w, Outcome(self.exception_value, "crash"), tasks, results, pending)
+                    continue
+                w.queued.append(_Item(i, time.monotonic(), tasks[i].timeout_s or self.timeout_s))
 
     def _collect(self, tasks: list[Task], results: list, pending: collections.deque) -> None:
         """Waits (bounded) for messages from starting and busy workers; kills overdue ones."""
 
         def finish(w: _Worker, outcome: Outcome, detail: str = "") -> None:
-            results[w.index] = self._record(tasks[w.index], outcome, detail)
-            w.index = None
+            self._finish(w, outcome, tasks, results, detail)
+
+        def drop(w: _Worker, outcome: Outcome, detail: str = "") -> None:
+            self._drop(w, outcome, tasks, results, pending, detail)
 
         waiting = {w.conn: w for w in self._pool if w.waiting}
         if not waiting:
@@ -490,17 +500,12 @@ class RewardPool:
             try:
                 msg = conn.recv()
             except (EOFError, OSError):  # the worker died (segfault, OOM kill, os._exit)
-                starting = w.index is None
-                if not starting:
-                    finish(w, Outcome(self.exception_value, "crash"), "the worker process died")
-                self._replace(w)
-                if starting:
-                    self._start_failed()
+                drop(w, Outcome(self.exception_value, "crash"), "the worker process died")
                 continue
             if msg[0] == "ready":
                 w.ready, self._start_failures = True, 0
             elif msg[0] == "start":
-                w.started = time.monotonic()
+                w.started = time.monotonic()  # of queued[0]: a worker answers in order
             elif msg[0] == "ok":
                 finish(w, Outcome(msg[2], "ok"))
             else:  # "err": the reward function raised
@@ -510,12 +515,22 @@ class RewardPool:
         now = time.monotonic()
         for w in [w for w in waiting.values() if w in self._pool and w.waiting]:
             if now >= w.deadline(self.setup_timeout_s):
-                starting = w.index is None
-                if not starting:
-                    finish(w, Outcome(self.timeout_value, "timeout"))
-                self._replace(w)
-                if starting:
-                    self._start_failed()
+                drop(w, Outcome(self.timeout_value, "timeout"))
+
+    def _finish(self, w: _Worker, outcome: Outcome, tasks, results, detail: str = "") -> None:
+        i = w.queued.popleft().index
+        results[i] = self._record(tasks[i], outcome, detail)
+        w.started = 0.0
+
+    def _drop(self, w: _Worker, outcome: Outcome, tasks, results, pending, detail="") -> None:
+        """Kills `w`: its first item gets `outcome`, the others never started and go back to
+        `pending`; a worker that had not reported ready counts as a start failure."""
+        if w.queued:
+            self._finish(w, outcome, tasks, results, detail)
+            pending.extendleft(reversed([q.index for q in w.queued]))
+        self._replace(w)
+        if not w.ready:
+            self._start_failed()
 
     def _start_failed(self) -> None:
         self.counters["start_failures"] += 1
