@@ -235,9 +235,9 @@ def test_registry_names_and_user_functions():
 
 
 def test_workers_that_cannot_start_raise(monkeypatch):
-    import r1jax.rewards.pool as pool_mod
+    import r1jax.rewards.workers as workers_mod
 
-    monkeypatch.setattr(pool_mod, "_BOOT", "import sys; sys.exit(1)")
+    monkeypatch.setattr(workers_mod, "_BOOT", "import sys; sys.exit(1)")
     with RewardPool(1) as p:
         with pytest.raises(RuntimeError, match="before they start"):
             p.run([_task(f"{HERE}:length")])
@@ -295,7 +295,7 @@ def _worker_pids() -> list[int]:
             with open(f"/proc/{d}/stat") as f:
                 ppid = int(f.read().rsplit(")", 1)[1].split()[1])
             with open(f"/proc/{d}/cmdline", "rb") as f:
-                worker = b"_worker_main" in f.read()
+                worker = b"r1jax.rewards.workers" in f.read()
         except (OSError, ValueError):
             continue
         if ppid == os.getpid() and worker:
