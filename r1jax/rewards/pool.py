@@ -129,9 +129,8 @@ class RewardPool:
         remote = [i for i, t in enumerate(tasks) if t.name not in self.in_process]
         inner: Future | None = None
         if remote:  # dispatched first, so that the workers run while in-process rewards do
-            self._start()
             inner = Future()
-            self._jobs.put(([tasks[i] for i in remote], inner))
+            self._queue(([tasks[i] for i in remote], inner))
         local = {i: self._run_inline(t) for i, t in enumerate(tasks) if t.name in self.in_process}
         fut: Future = Future()
         fut.set_running_or_notify_cancel()
@@ -172,12 +171,11 @@ class RewardPool:
     def close(self, timeout_s: float = 30.0) -> None:
         """Kills the workers (an in-flight job is abandoned: its Future gets an error) and
         removes their temp dirs; waits about `timeout_s` at most for the dispatcher."""
-        if self._closed:
-            return
-        self._closed = True
+        with self._start_lock:  # after this, _start refuses: no job can arrive unseen
+            if self._closed:
+                return
+            self._closed, thread = True, self._thread
         _OPEN.discard(self)
-        with self._start_lock:
-            thread = self._thread
         if thread is None:
             return
         self._jobs.put(None)
@@ -195,12 +193,17 @@ class RewardPool:
 
     # ------------------------------------------------------------------------------ internals
 
-    def _start(self) -> None:
+    def _queue(self, job: tuple) -> None:
+        """Starts the dispatcher if needed and queues `job`, both under the lock that `close`
+        takes, so that a job is never queued behind close's stop signal."""
         with self._start_lock:
+            if self._closed:
+                raise RuntimeError("RewardPool is closed")
             if self._thread is None:
                 # Workers are started by (and die with, via PDEATHSIG) the dispatcher thread.
                 self._thread = threading.Thread(target=self._loop, name="reward-pool", daemon=True)
                 self._thread.start()
+            self._jobs.put(job)
 
     def _record(self, task: Task, outcome: Outcome, detail: str = "") -> Outcome:
         with self._counters_lock:
