@@ -21,8 +21,9 @@ r1jax.rewards.workers.
 Start-up is paid once per pool: `workers` processes (0 = auto: min(usable CPUs, 8)) start on the
 first item, build the reward functions given to `preload` (RewardStack passes its own) before
 they report ready, and then serve every later call; only a killed or dead worker is replaced.
-The clock of an item starts when its worker reports that it began calling the function, so
-start-up and imports fall under the separate, generous `setup_timeout_s`. Every wait of the
+The clock of an item starts when its worker can begin it (sent to an idle worker, or the item
+before it answered); building a reward function is reported and falls, like start-up and
+imports, under the separate, generous `setup_timeout_s`. Every wait of the
 dispatcher has a deadline, sends to a worker time out (SO_SNDTIMEO), and `close` abandons an
 in-flight job, so no call can block forever. `close` (also on leaving a `with` block, and for
 every open pool at interpreter exit) kills the workers and removes their temp dirs.
@@ -286,7 +287,10 @@ class RewardPool:
                     pending.appendleft(i)
                     self._drop(w, Outcome(self.exception_value, "crash"), tasks, results, pending)
                     continue
-                w.queued.append(Item(i, time.monotonic(), tasks[i].timeout_s or self.timeout_s))
+                now = time.monotonic()
+                if not w.queued:  # it starts now (unless it reports "build")
+                    w.started = now
+                w.queued.append(Item(i, now, tasks[i].timeout_s or self.timeout_s))
 
     def _collect(self, tasks: list[Task], results: list, pending: collections.deque) -> None:
         """Waits (bounded) for messages from starting and busy workers; kills overdue ones."""
@@ -311,8 +315,10 @@ class RewardPool:
                 continue
             if msg[0] == "ready":
                 w.ready, self._start_failures = True, 0
+            elif msg[0] == "build":  # of queued[0] (a worker answers in order): not its time
+                w.started = 0.0
             elif msg[0] == "start":
-                w.started = time.monotonic()  # of queued[0]: a worker answers in order
+                w.started = time.monotonic()
             elif msg[0] == "ok":
                 finish(w, Outcome(msg[2], "ok"))
             else:  # "err": the reward function raised
@@ -327,7 +333,7 @@ class RewardPool:
     def _finish(self, w: Worker, outcome: Outcome, tasks, results, detail: str = "") -> None:
         i = w.queued.popleft().index
         results[i] = self._record(tasks[i], outcome, detail)
-        w.started = 0.0
+        w.started = time.monotonic()  # the next queued item starts now (unless "build")
 
     def _drop(self, w: Worker, outcome: Outcome, tasks, results, pending, detail="") -> None:
         """Kills `w`: its first item gets `outcome`, the others never started and go back to

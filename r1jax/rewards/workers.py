@@ -127,16 +127,22 @@ def _set_pdeathsig() -> None:
 
 
 def worker_main(fd: int) -> None:
-    """Worker loop: receive ("preload", specs), build them, reply "ready"; then receive
-    ("run", index, Task), reply "start", then "ok" or "err"."""
+    """Worker loop: receive ("preload", specs), build them, reply "ready"; then, for each
+    ("run", index, Task) in order, reply "ok" or "err". Building a function first is framed by
+    "build" and "start" (its time is not the item's: the pool's clock for an item starts when
+    the previous one is answered, or at "start")."""
     _set_pdeathsig()
     conn = Connection(fd)
     fns: dict[str, Any] = {}
 
-    def build(name: str, kwargs: Mapping[str, Any]):
+    def build(name: str, kwargs: Mapping[str, Any], index: int | None = None):
         key = spec_key(name, kwargs)
         if key not in fns:
+            if index is not None:
+                conn.send(("build", index))
             fns[key] = get_reward_fn(name, **kwargs)
+            if index is not None:
+                conn.send(("start", index))
         return fns[key]
 
     try:
@@ -149,8 +155,7 @@ def worker_main(fd: int) -> None:
         while (msg := conn.recv())[0] != "stop":
             _, index, task = msg
             try:
-                fn = build(task.name, task.kwargs)
-                conn.send(("start", index))
+                fn = build(task.name, task.kwargs, index)
                 conn.send(("ok", index, evaluate_task(fn, task)))
             except Exception:
                 conn.send(("err", index, traceback.format_exc(limit=8)))
@@ -201,7 +206,7 @@ class Worker:
         self.spawned = time.monotonic()
         self.ready = False
         self.queued: collections.deque[Item] = collections.deque()  # sent, not answered
-        self.started = 0.0  # when the first queued item's call began (0: not yet)
+        self.started = 0.0  # when the first queued item's call began (0: building its function)
 
     @property
     def waiting(self) -> bool:
