@@ -192,7 +192,7 @@ def bench_rewards(n: int, workers: int) -> list[list]:
             t0 = time.perf_counter()
             res = stack(prompts, completions, {"answer": golds})
             dt = time.perf_counter() - t0
-        label = f"RewardPool(workers={w})" + (" (in-process)" if w == 0 else "")
+        label = f"RewardPool(workers={w})" + (" (auto)" if w == 0 else "")
         rows.append([label, n, warm, dt, n / dt, f"{res.correct.mean():.2f}",
                      res.counters["timeouts"] + res.counters["exceptions"]])  # fmt: skip
         print(rows[-1])

@@ -6,6 +6,9 @@ workers by "module:function" name, exactly as user functions would be.
 
 import os
 import socket
+import subprocess
+import sys
+import tempfile
 import time
 import uuid
 
@@ -13,7 +16,7 @@ import numpy as np
 import pytest
 
 from r1jax.rewards import RewardPool, RewardSpec, RewardStack, Task, get_reward_fn
-from r1jax.rewards.pool import Outcome
+from r1jax.rewards.pool import IN_PROCESS, Outcome
 
 HERE = __name__
 
@@ -61,11 +64,11 @@ def test_pool_timeout_exception_crash_then_recovers(pool):
         Outcome(3.0, "ok"),
         Outcome(0.0, "timeout"),
         Outcome(0.0, "exception"),
-        Outcome(0.0, "exception"),
+        Outcome(0.0, "crash"),
         Outcome(3.0, "ok"),
     ]
     delta = {k: pool.counters[k] - before.get(k, 0) for k in pool.counters}
-    assert delta == dict(items=5, timeouts=1, exceptions=2, none_values=0, crashes=1, restarts=2)
+    assert delta == dict(items=5, timeouts=1, exceptions=1, none_values=0, crashes=1, restarts=2)
     # the next call is served normally, through the async path too
     assert pool.map("format", ["", ""], ["<think>a</think><answer>b</answer>", "x"]) == [1.0, 0.0]
     fut = pool.submit([_task(f"{HERE}:maybe_none", "?"), _task(f"{HERE}:maybe_none", "!")])
@@ -80,12 +83,22 @@ def test_pool_values_are_configurable():
         assert (p.counters["timeouts"], p.counters["none_values"]) == (1, 1)
 
 
-def test_in_process_mode():
-    p = RewardPool(0, exception_value=None)
-    got = p.run([_task(f"{HERE}:boom"), _task(f"{HERE}:length")])
-    assert got == [Outcome(None, "exception"), Outcome(3.0, "ok")]
-    assert p.submit([_task(f"{HERE}:length", "ab")]).result() == [Outcome(2.0, "ok")]
-    assert (p.counters["exceptions"], p.counters["none_values"]) == (1, 1)
+def pid(prompts, completions, **fields):
+    return [float(os.getpid())] * len(completions)
+
+
+pid_in_process = pid  # the same function under a name the pool runs in-process
+
+
+def test_only_named_model_rewards_run_in_process():
+    assert "reward_model" in IN_PROCESS
+    with RewardPool(1, in_process={f"{HERE}:pid_in_process", f"{HERE}:boom"}) as p:
+        got = p.run([_task(f"{HERE}:pid"), _task(f"{HERE}:pid_in_process"), _task(f"{HERE}:boom")])
+        assert got[1:] == [Outcome(os.getpid(), "ok"), Outcome(0.0, "exception")]
+        assert got[0].status == "ok" and got[0].value != os.getpid()  # a worker's pid
+        assert p.counters["exceptions"] == 1
+    with pytest.raises(RuntimeError, match="closed"):
+        p.run([_task(f"{HERE}:pid_in_process")])
 
 
 def test_hostile_programs_are_contained_and_the_pool_goes_on(pool, tmp_path):
@@ -222,10 +235,128 @@ def test_registry_names_and_user_functions():
 
 
 def test_workers_that_cannot_start_raise(monkeypatch):
-    import r1jax.rewards.pool as pool_mod
+    import r1jax.rewards.workers as workers_mod
 
-    monkeypatch.setattr(pool_mod, "_BOOT", "import sys; sys.exit(1)")
+    monkeypatch.setattr(workers_mod, "_BOOT", "import sys; sys.exit(1)")
     with RewardPool(1) as p:
-        with pytest.raises(RuntimeError, match="dying before they start"):
+        with pytest.raises(RuntimeError, match="before they start"):
             p.run([_task(f"{HERE}:length")])
-        assert p.counters["crashes"] == 3
+        assert p.counters["start_failures"] == 3
+
+
+# ---------------------------------------------------------------- faults under the default pool
+
+TOWER = r"\boxed{9^{9^{9^{9^{9}}}}}"  # sympy would expand it: a C-level hang, no signal stops it
+
+
+def segfault(prompts, completions, **fields):
+    import ctypes
+
+    ctypes.string_at(0)
+
+
+def test_default_pool_times_out_a_hanging_answer():
+    with RewardPool(0, timeout_s=1.0) as p:  # 0: the embedded default
+        stack = RewardStack([("math", 1.0)], pool=p)
+        assert stack(["p"], [r"\boxed{2}"], answer=["2"]).total.tolist() == [1.0]  # warm
+        t0 = time.monotonic()
+        res = stack(["p"], [TOWER], answer=["2"])
+        assert time.monotonic() - t0 < 1.0 + 5.0
+        assert res.total.tolist() == [0.0]
+        assert (res.counters["timeouts"], res.counters["math/timeouts"]) == (1, 1)
+        assert res.metrics()["rewards/total/mean"] == 0.0
+        # the run goes on: the next call is scored normally
+        assert stack(["p"], [r"\boxed{4}"], answer=["4"]).total.tolist() == [1.0]
+        assert (p.counters["timeouts"], p.counters["restarts"]) == (1, 1)
+
+
+def test_default_pool_contains_crashing_rewards():
+    with RewardPool(0) as p:
+        tasks = [_task(f"{HERE}:die"), _task(f"{HERE}:segfault"), _task(f"{HERE}:boom")]
+        got = p.run([*tasks, _task(f"{HERE}:length")])
+        assert got == [
+            Outcome(0.0, "crash"),
+            Outcome(0.0, "crash"),
+            Outcome(0.0, "exception"),
+            Outcome(3.0, "ok"),
+        ]
+        assert (p.counters["crashes"], p.counters["exceptions"]) == (2, 1)
+        stack = RewardStack([f"{HERE}:die", RewardSpec(f"{HERE}:length", 0.0, label="n")], pool=p)
+        res = stack(["p"], ["abc"])
+        assert (res.counters["crashes"], res.counters[f"{HERE}:die/crashes"]) == (1, 1)
+        assert res.per_fn["n"].tolist() == [3.0]
+
+
+def _worker_pids() -> list[int]:
+    """Live child processes of this one that run a reward worker."""
+    pids = []
+    for d in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{d}/cmdline", "rb") as f:
+                worker = b"r1jax.rewards.workers" in f.read()
+        except (OSError, ValueError):
+            continue
+        if ppid == os.getpid() and worker:
+            pids.append(int(d))
+    return pids
+
+
+def _worker_dirs(tmp) -> list[str]:
+    return sorted(n for n in os.listdir(tmp) if n.startswith("r1jax-reward-worker-"))
+
+
+def test_stale_worker_dirs_removed_at_start_live_ones_kept(tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    stale = [f"r1jax-reward-worker-{gone.pid}-123-abc", f"r1jax-reward-worker-{os.getpid()}-1-abc"]
+    other = "r1jax-reward-worker-abc_123"  # not this format: its owner is unknown, keep it
+    for name in [*stale, other]:
+        (tmp_path / name / "sandbox").mkdir(parents=True)  # the 2nd: this pid, reused
+    with RewardPool(1) as live:  # a concurrent run: its workers' dirs must survive
+        assert live.map(f"{HERE}:length", ["p"], ["ab"]) == [2.0]
+        live_dirs = _worker_dirs(tmp_path)
+        assert not set(stale) & set(live_dirs)
+        assert len(live_dirs) == 2  # its worker's and `other`
+        for name in stale:
+            (tmp_path / name).mkdir()
+        with RewardPool(1) as p:
+            assert p.map(f"{HERE}:length", ["p"], ["abc"]) == [3.0]
+            assert set(live_dirs) < set(_worker_dirs(tmp_path))
+        assert not set(stale) & set(_worker_dirs(tmp_path))
+    assert _worker_dirs(tmp_path) == [other]
+
+
+def test_close_kills_a_busy_pool_and_leaves_nothing(tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    others = set(_worker_pids())  # other tests' pools
+    p = RewardPool(2, timeout_s=60.0)
+    assert p.map(f"{HERE}:length", ["p"], ["ab"]) == [2.0]
+    fut = p.submit([_task(f"{HERE}:hang"), _task(f"{HERE}:hang")])
+    time.sleep(0.5)
+    mine = set(_worker_pids()) - others
+    assert len(mine) == 2 and len(_worker_dirs(tmp_path)) == 2
+    t0 = time.monotonic()
+    p.close()
+    assert time.monotonic() - t0 < 5.0  # not the items' 60 s
+    with pytest.raises(RuntimeError, match="closed"):
+        fut.result(timeout=1)
+    assert not mine & set(_worker_pids()) and _worker_dirs(tmp_path) == []
+
+
+def test_exit_without_close_leaves_no_processes_or_dirs(tmp_path):
+    script = (
+        "from r1jax.rewards import RewardPool\n"
+        "p = RewardPool(1)\n"
+        f"print(int(p.map({HERE + ':pid'!r}, [''], [''])[0]), flush=True)\n"
+    )
+    env = dict(os.environ, TMPDIR=str(tmp_path), PYTHONPATH=os.pathsep.join(sys.path))
+    out = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    worker = int(out.stdout.split()[-1])
+    assert not os.path.exists(f"/proc/{worker}")
+    assert _worker_dirs(tmp_path) == []

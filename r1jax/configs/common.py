@@ -125,7 +125,9 @@ def rewards(**specs) -> dict:
 
 
 def reward_pool(workers: int = 0, timeout_s: float = 10.0) -> dict:
-    """workers: reward processes (0 = in this process); timeout_s: per item."""
+    """workers: reward worker processes, 0 = auto (min(CPUs, 8)); rule rewards always run in
+    them, a hung or crashed item scoring 0, and only reward_model in this process (it holds a
+    model). timeout_s: per item, hard (the worker is killed)."""
     return dict(workers=workers, timeout_s=timeout_s)
 
 

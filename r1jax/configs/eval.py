@@ -59,8 +59,7 @@ def get_config(arg=None):
     c.chat_template = "chatml"  # for r1_eval: "chatml", or "model" (the tokenizer's template)
     c.rewards = common.rewards(accuracy=(reward, 1.0, REWARD_OPTIONS[reward]))
     c.correctness = "accuracy"
-    generated = arg.benchmark in ("sumchain", "countdown")
-    c.reward_pool = common.reward_pool(workers=0 if generated else 8)
+    c.reward_pool = common.reward_pool()  # auto: min(CPUs, 8) worker processes
     # Sampling, R1 §5: T=0.6, top-p 0.95, k samples per question; greedy only on request.
     c.sampling = common.sampling(
         num_prompts=per_batch,

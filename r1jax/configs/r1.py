@@ -74,7 +74,6 @@ def get_config(arg=None):
     )
     s4.optim.update(lr=1e-4, schedule="constant")
     s4.update(steps=40, eval_every=0, ckpt_every=1000)
-    s4.reward_pool.workers = 0  # the reward model runs in this process
     c.all_scenario_rl = s4
 
     # Evaluation after every stage: the held-out split, the paper's sampling.

@@ -41,7 +41,7 @@ def get_config(arg=None):
         accuracy=("countdown" if countdown else "math", 1.0), format=("format", 1.0)
     )
     c.correctness = "auto"  # the configured accuracy reward decides train/accuracy
-    c.reward_pool = common.reward_pool(workers=0 if embedded else 8)
+    c.reward_pool = common.reward_pool()  # auto: min(CPUs, 8) worker processes
 
     # Rollout: num_prompts questions x num_samples (G) completions per step.
     c.sampling = common.sampling(num_prompts=32, num_samples=16, max_new_tokens=1024)

@@ -38,7 +38,7 @@ def get_config(arg=None):
         accuracy=("countdown" if countdown else "math", 1.0), format=("format", 1.0)
     )
     c.correctness = "auto"  # the configured accuracy reward
-    c.reward_pool = common.reward_pool(workers=0 if embedded else 8)
+    c.reward_pool = common.reward_pool()  # auto: min(CPUs, 8) worker processes
     # num_samples (N) completions for each of num_prompts prompts per batch.
     c.sampling = common.sampling(
         num_prompts=8,

@@ -8,7 +8,7 @@
 "response", "label"} rows, label 1 = safe / good, 0 = not (pointwise). The model sees prompt +
 response exactly as written (format prompts the way the policy's prompts are, and give summaries
 only for a helpful RM that will score with scope="summary"). The result, WORKDIR/reward_model,
-plugs into GRPO as a reward (in-process: --config.reward_pool.workers=0):
+plugs into GRPO as a reward (it runs in the trainer's process, rule rewards in workers):
   c.rewards.helpful = dict(name="reward_model", weight=1.0,
                            kwargs=dict(checkpoint="/tmp/rm/reward_model", scope="summary"))
   c.rewards.safety = dict(name="reward_model", weight=1.0,

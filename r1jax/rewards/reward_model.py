@@ -3,10 +3,10 @@
   c.rewards.helpful = dict(name="reward_model", weight=1.0,
                            kwargs=dict(checkpoint="/path/rm", scope="summary"))
 scope="summary" scores only the text after </think> (R1's helpful RM: "it scores the summary");
-scope="full" the whole response, reasoning included (R1's safety RM). It holds a model, so run
-the reward stack in-process (config.reward_pool.workers=0): each worker process would otherwise
-load its own copy. The pool calls it one item at a time (batch 1, one compilation per length
-bucket); called directly on lists it scores `batch_size` rows at a time.
+scope="full" the whole response, reasoning included (R1's safety RM). It holds a model, so the
+reward pool runs it in the trainer's process (pool.IN_PROCESS), not in a worker that would load
+its own copy. The pool calls it one item at a time (batch 1, one compilation per length bucket);
+called directly on lists it scores `batch_size` rows at a time.
 """
 
 from __future__ import annotations

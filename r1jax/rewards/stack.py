@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from r1jax.rewards.pool import Outcome, RewardPool, Task
+from r1jax.rewards.pool import Outcome, RewardPool, Task, default_pool
 from r1jax.rewards.registry import ACCURACY_FNS, get_reward_fn
 
 log = logging.getLogger(__name__)
@@ -57,7 +57,7 @@ class RewardResult:
     total: np.ndarray  # float32 [N]; NaN where a weighted component is None
     per_fn: dict[str, np.ndarray]  # label -> float32 [N], NaN for None
     correct: np.ndarray  # bool [N]; from the correctness function (all False if none)
-    counters: dict[str, int]  # this call: "<label>/{none,timeouts,exceptions}" and totals
+    counters: dict[str, int]  # this call: "<label>/{none,timeouts,exceptions,crashes}", totals
 
     def metrics(self) -> dict[str, float]:
         """Scalars for logging: per-function mean (over judged items) and judged fraction."""
@@ -76,7 +76,8 @@ class RewardStack:
     weights: optional {label: weight} overriding the specs' weights; naming a reward that is not
     configured is an error. correctness: label of the function that defines `correct` (value >=
     `correct_threshold`); "auto" picks the single configured task-accuracy function (math,
-    math_dapo, countdown, code), None disables it.
+    math_dapo, countdown, code), None disables it. pool: where the functions run (default: the
+    process's shared pool); its workers build the rule rewards when they start.
     """
 
     def __init__(
@@ -112,7 +113,8 @@ class RewardStack:
         elif correctness is not None and correctness not in self.weights:
             raise ValueError(f"correctness={correctness!r} is not a configured reward: {labels}")
         self.correctness, self.correct_threshold = correctness, correct_threshold
-        self.pool = pool if pool is not None else RewardPool(workers=0)
+        self.pool = pool if pool is not None else default_pool()
+        self.pool.preload((s.name, s.kwargs) for s in self.specs)
         self._warned_none: set[str] = set()
 
     def tasks(self, prompts, completions, fields: Mapping[str, Sequence]) -> list[Task]:
@@ -156,7 +158,7 @@ class RewardStack:
         return self.submit(prompts, completions, fields, **more).result()
 
     def _assemble(self, outcomes: list[Outcome], n: int) -> RewardResult:
-        per_fn, counters = {}, {"none": 0, "timeouts": 0, "exceptions": 0}
+        per_fn, counters = {}, {"none": 0, "timeouts": 0, "exceptions": 0, "crashes": 0}
         total = np.zeros(n, np.float64)
         for j, s in enumerate(self.specs):
             chunk = outcomes[j * n : (j + 1) * n]
@@ -166,6 +168,7 @@ class RewardStack:
                 ("none", sum(o.value is None for o in chunk)),
                 ("timeouts", sum(o.status == "timeout" for o in chunk)),
                 ("exceptions", sum(o.status == "exception" for o in chunk)),
+                ("crashes", sum(o.status == "crash" for o in chunk)),
             ):
                 counters[f"{s.key}/{name}"] = count
                 counters[name] += count
