@@ -137,3 +137,18 @@ def test_assert_tests_are_judged_outside_against_the_programs_functions():
     res = run_sandboxed(program, test_code=tests)
     assert res.passed_asserts == 7  # of 8 (bare calls count): all but the last, which is wrong
     assert CodeReward()(["p"], [_py(program)], tests=[tests]) == [pytest.approx(7 / 8)]
+
+
+def test_sandbox_counts_reach_the_reward_metrics_through_the_worker_pool():
+    # The sandbox runs inside a pool worker; its caps and calls must come back per label.
+    from r1jax.rewards import RewardStack
+
+    stack = RewardStack([("code", 1.0, {"timeout_s": 0.5, "total_timeout_s": 1.0})])
+    loop = "```python\nwhile True:\n    pass\n```"
+    echo = "```python\nprint(input())\n```"
+    tests = {"inputs": ["7\n"], "outputs": ["7"]}
+    res = stack(["q", "q"], [loop, echo], {"tests": [tests, tests]})
+    assert res.per_fn["code"].tolist() == [0.0, 1.0]
+    assert res.counters["code/sandbox/calls"] == 2
+    assert res.counters["code/sandbox/time_cap"] == 1
+    assert res.counters["code/sandbox/memory_cap"] == res.counters["code/sandbox/output_cap"] == 0

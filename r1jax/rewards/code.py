@@ -120,6 +120,9 @@ def _normalise_output(text: str) -> str:
 LAYERS = ("uid", "pidns", "mountns", "readonly_root", "proc", "work_tmpfs", "netns", "ipcns")
 LAYERS += ("landlock", "seccomp", "audit_hook")
 COUNTERS: collections.Counter = collections.Counter()  # this process's sandbox metrics
+# What CodeReward.counters reports (a fixed set, so every step and process logs the same keys).
+NOTE_KEYS = ("sandbox/calls", "sandbox/layers_missing")
+NOTE_KEYS += ("sandbox/time_cap", "sandbox/memory_cap", "sandbox/output_cap")
 _warned: set = set()
 
 
@@ -414,6 +417,12 @@ class CodeReward:
         if self.mode == "all":
             return float(passed == spec.total)
         return passed / spec.total
+
+    @property
+    def counters(self) -> dict[str, int]:
+        """Running totals of sandbox events in this process; the reward pool sends each item's
+        increments back with its value, and they are logged as rewards/count/<label>/sandbox/*."""
+        return {k: COUNTERS[k] for k in NOTE_KEYS}
 
     def __call__(self, prompts: list[str], completions: list[str], **fields) -> list[float | None]:
         if "tests" not in fields:

@@ -224,7 +224,8 @@ class RewardPool:
             key = spec_key(task.name, task.kwargs)
             if key not in self._fns:
                 self._fns[key] = get_reward_fn(task.name, **task.kwargs)
-            return self._record(task, Outcome(evaluate_task(self._fns[key], task), "ok"))
+            value, notes = evaluate_task(self._fns[key], task)
+            return self._record(task, Outcome(value, "ok", notes))
         except Exception:
             outcome = Outcome(self.exception_value, "exception")
             return self._record(task, outcome, traceback.format_exc(limit=8))
@@ -320,7 +321,7 @@ class RewardPool:
             elif msg[0] == "start":
                 w.started = time.monotonic()
             elif msg[0] == "ok":
-                finish(w, Outcome(msg[2], "ok"))
+                finish(w, Outcome(msg[2], "ok", msg[3]))
             else:  # "err": the reward function raised
                 finish(w, Outcome(self.exception_value, "exception"), msg[2])
         if self._closed:

@@ -96,8 +96,10 @@ class RewardStack:
         dupes = sorted({k for k in labels if labels.count(k) > 1})
         if dupes:
             raise ValueError(f"reward labels must be unique, repeated: {dupes} (set `label`)")
+        self._note_keys = {}  # label -> the counters its function reports (a fixed set per step)
         for s in self.specs:  # fail here, not in a worker, on unknown names or bad options
-            get_reward_fn(s.name, **s.kwargs)
+            fn = get_reward_fn(s.name, **s.kwargs)
+            self._note_keys[s.key] = tuple(sorted(getattr(fn, "counters", None) or ()))
         self.weights = {s.key: float(s.weight) for s in self.specs}
         for k, w in (weights or {}).items():
             if k not in self.weights:
@@ -172,6 +174,8 @@ class RewardStack:
             ):
                 counters[f"{s.key}/{name}"] = count
                 counters[name] += count
+            for note in self._note_keys[s.key]:  # e.g. "code/sandbox/time_cap"
+                counters[f"{s.key}/{note}"] = sum(dict(o.notes).get(note, 0) for o in chunk)
             if counters[f"{s.key}/none"] and s.key not in self._warned_none:
                 self._warned_none.add(s.key)  # once per reward: the counters carry the rest
                 log.warning(

@@ -61,15 +61,21 @@ class Task:
 class Outcome(NamedTuple):
     value: float | None
     status: str  # "ok" | "timeout" | "exception" | "crash"
+    notes: tuple = ()  # ((counter, increment), ...): what the function counted for this item
 
 
-def evaluate_task(fn, task: Task) -> float | None:
-    """Call a reward function on one item and check that it returned one float or None."""
+def evaluate_task(fn, task: Task) -> tuple[float | None, tuple]:
+    """Call a reward function on one item and check that it returned one float or None. A
+    function may carry `counters` (running totals of events it saw in its process, e.g. the
+    sandbox's caps hit): the item's increments travel back with its value as notes."""
+    before = dict(getattr(fn, "counters", None) or {})
     fields = {k: [v] for k, v in task.fields.items()}
     out = fn([task.prompt], [task.completion], **fields)
     if len(out) != 1:
         raise ValueError(f"reward {task.name!r} returned {len(out)} values for 1 item")
-    return None if out[0] is None else float(out[0])
+    after = getattr(fn, "counters", None) or {}
+    notes = tuple((k, after[k] - before.get(k, 0)) for k in sorted(after))
+    return (None if out[0] is None else float(out[0])), notes
 
 
 def auto_workers() -> int:
@@ -156,7 +162,7 @@ def worker_main(fd: int) -> None:
             _, index, task = msg
             try:
                 fn = build(task.name, task.kwargs, index)
-                conn.send(("ok", index, evaluate_task(fn, task)))
+                conn.send(("ok", index, *evaluate_task(fn, task)))
             except Exception:
                 conn.send(("err", index, traceback.format_exc(limit=8)))
     except (EOFError, OSError):
