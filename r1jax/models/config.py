@@ -12,6 +12,8 @@ import json
 import os
 from typing import Any
 
+from r1jax.models.attention import IMPLEMENTATIONS
+
 ARCHITECTURES = {  # model_type -> HF architectures entry
     "qwen2": "Qwen2ForCausalLM",
     "qwen3": "Qwen3ForCausalLM",
@@ -45,6 +47,12 @@ class ModelConfig:
     # then no longer copies each layer's weights out of the stack (rollouts ~7% faster in
     # benchmarks/grpo_step.py), at the cost of compile time that grows with depth.
     unroll_decode: bool = False
+    # Full-sequence attention (training, scoring, prefill): "auto" | "dense" | "blocked" |
+    # "cudnn" | "splash" (r1jax/models/attention.py). auto: dense while the sequence fits one
+    # key block, else splash on TPU, cuDNN on GPU where it applies, else blocked.
+    attention: str = "auto"
+    attention_block_q: int = 512  # query rows per block (blocked, splash)
+    attention_block_kv: int = 512  # keys per block; also auto's dense limit
     bos_id: int | None = None
     eos_ids: tuple[int, ...] = ()
 
@@ -59,6 +67,13 @@ class ModelConfig:
             )
         if self.head_dim % 2:
             raise ValueError(f"ModelConfig.head_dim={self.head_dim} must be even for RoPE")
+        if self.attention not in IMPLEMENTATIONS:
+            raise ValueError(
+                f"ModelConfig.attention={self.attention!r}; expected one of {IMPLEMENTATIONS}"
+            )
+        for name in ("attention_block_q", "attention_block_kv"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"ModelConfig.{name} must be positive, got {getattr(self, name)}")
         if self.arch not in ARCHITECTURES:
             raise ValueError(
                 f"ModelConfig.arch={self.arch!r}; expected one of {list(ARCHITECTURES)}"
