@@ -240,7 +240,9 @@ def _layer(cfg: ModelConfig, mesh, n: int, S: int, platform: str = "cpu") -> dic
     hq, kt = _local("q_heads", cfg.n_heads, mesh), _local("kv_heads", cfg.n_kv_heads, mesh)
     ft = _local("mlp", cfg.d_ff, mesh)
     gathered = abstract_mesh({"tensor": mesh.shape["tensor"]})  # weights gathered over fsdp
-    path = attention.choose(cfg.attention, S, cfg.attention_block_kv, Dh, Dh, cfg.dtype, platform)
+    path = attention.choose(
+        cfg.attention, S, cfg.attention_block_kv, Dh, Dh, cfg.dtype, platform, mesh.size
+    )
     if path == "dense":
         att, scores, mask = n * hq * S * S * (4 + c), n * hq * S * S * 4, n * S * S
     else:  # blocked and the fused kernels: see the module docstring

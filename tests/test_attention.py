@@ -99,11 +99,12 @@ def test_fused_kernel_wiring_equals_dense():
 
 
 def test_auto_choice():
-    c = lambda S, platform, dtype="bfloat16", dq=128, dv=128: A.choose(  # noqa: E731
-        "auto", S, 512, dq, dv, dtype, platform
+    c = lambda S, platform, dtype="bfloat16", dq=128, dv=128, devices=1: A.choose(  # noqa: E731
+        "auto", S, 512, dq, dv, dtype, platform, devices
     )
     assert c(512, "tpu") == c(144, "cpu") == "dense"  # one key block: decode-sized, embedded run
     assert c(513, "tpu") == "splash" and c(4096, "cpu") == "blocked"
+    assert c(4096, "tpu", devices=8) == "blocked"  # splash is not partitioned without shard_map
     assert c(4096, "gpu") == "cudnn"
     assert c(4096, "gpu", dtype="float32") == c(4096, "gpu", dv=64) == "blocked"
     assert A.choose("blocked", 16, 512, 8, 8, "float32", "cpu") == "blocked"  # explicit wins

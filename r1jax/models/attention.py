@@ -30,18 +30,24 @@ NEG_INF = -1e30  # finite, so a fully masked row gives a uniform softmax instead
 IMPLEMENTATIONS = ("auto", "dense", "blocked", "cudnn", "splash")
 
 
-def choose(impl: str, S: int, block_kv: int, dq: int, dv: int, dtype, platform=None) -> str:
+def choose(
+    impl: str, S: int, block_kv: int, dq: int, dv: int, dtype, platform=None, devices=None
+) -> str:
     """The attention path for S keys: `impl` unless it is "auto". Auto: dense while the keys fit
     one key block (the blocked loop would do the same work with more steps; this covers decode-
-    sized and the embedded run's rows), else splash on TPU, cuDNN on GPU for bf16/fp16 with
-    equal q/v head sizes of at most 128 (what its flash kernel takes), else blocked."""
+    sized and the embedded run's rows), else splash on a single TPU device (a Pallas kernel is
+    not partitioned by XLA: on a sharded mesh it needs shard_map, which the model's pure forward
+    does not set up), cuDNN on GPU for bf16/fp16 with equal q/v head sizes of at most 128 (what
+    its flash kernel takes; JAX partitions it), else blocked (pure JAX, partitioned like any
+    other op)."""
     if impl != "auto":
         return impl
     if S <= block_kv:
         return "dense"
     platform = platform or jax.default_backend()
+    devices = jax.device_count() if devices is None else devices
     if platform == "tpu":
-        return "splash"
+        return "splash" if devices == 1 else "blocked"
     low = jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16)
     if platform in ("gpu", "cuda") and low and dq == dv and dq <= 128 and dq % 8 == 0:
         return "cudnn"
