@@ -4,8 +4,10 @@ JAX, and the platform kernels (cuDNN on GPU, splash on TPU), chosen in one place
 All paths share one masking rule (`dense_mask`): a query sees a key when the key is not after
 it in the row (causal), both carry the same segment id, and the key's id is not 0 (padding).
 So left-padded prompts, right-padded completions and packed rows (several segments per row)
-mask the same way everywhere. Queries of padding (segment 0) see nothing; their outputs differ
-between paths (dense: a uniform average; blocked: zeros) and are never read.
+mask the same way everywhere. Queries of padding (segment 0) see no key: the dense softmax is
+then uniform over all S keys, and every path gives that same mean of v there (`_padding_rows`),
+so the paths agree on every row, read or not (the hidden state at the last padding position of
+a left-padded row predicts its first token).
 
 Shapes: q [N,T,H,Dq], k [N,S,K,Dq], v [N,S,K,Dv]; H = K*r query heads share each kv head (GQA)
 and the value head size Dv may differ from Dq (DeepSeek's MLA). Einsum letters as in
@@ -111,7 +113,16 @@ def blocked(q_NTHh, k_NSKh, v_NSKv, seg_q_NT, seg_k_NS, *, causal=True, scale=No
     seg_k = jnp.pad(seg_k_NS, ((0, 0), (0, Sp - S)))  # [n, Sp]
     o = _flash(q, k, v, seg_q, seg_k, causal, float(scale), bk)  # [nq, n, K, r*bq, dv]
     o = o.reshape(nq, n, K, r, bq, dv).transpose(1, 0, 4, 2, 3, 5).reshape(n, Tp, H, dv)
-    return o[:, :T]
+    return _padding_rows(o[:, :T], seg_q_NT, v_NSKv)
+
+
+def _padding_rows(o_NTHv, seg_q_NT, v_NSKv):
+    """The dense path's output for queries that see no key (segment 0): the mean of v over all
+    S keys, a uniform softmax. Linear in S, and differentiated by autodiff like dense's."""
+    H, K = o_NTHv.shape[2], v_NSKv.shape[2]
+    mean_v = jnp.repeat(jnp.mean(v_NSKv.astype(f32), axis=1), H // K, axis=1)  # [n,H,dv]
+    empty = (seg_q_NT == 0)[:, :, None, None]
+    return jnp.where(empty, mean_v[:, None].astype(o_NTHv.dtype), o_NTHv)
 
 
 def _block_mask(seg_q, seg_k, i, j, bq, bk, causal):
@@ -242,9 +253,10 @@ def cudnn(q_NTHh, k_NSKh, v_NSKv, seg_q_NT, seg_k_NS, *, scale=None, implementat
     or left padding, so the mask goes in as a [N,1,T,S] boolean, which JAX turns into a bias of
     that shape (per row, not per head: 1/H of the dense path's fp32 scores, without softmax)."""
     mask = dense_mask(seg_q_NT, seg_k_NS)[:, None]
-    return jax.nn.dot_product_attention(
+    o = jax.nn.dot_product_attention(
         q_NTHh, k_NSKh, v_NSKv, mask=mask, scale=scale, implementation=implementation
     )
+    return _padding_rows(o, seg_q_NT, v_NSKv)
 
 
 def splash(q_NTHh, k_NSKh, v_NSKv, seg_NT, *, scale=None, bq, bk, interpret=False):
@@ -287,7 +299,7 @@ def splash(q_NTHh, k_NSKh, v_NSKv, seg_NT, *, scale=None, bq, bk, interpret=Fals
 
     per_kv = jax.vmap(one, in_axes=(0, 0, 0, None))  # over kv heads
     o = jax.vmap(per_kv)(q, k, v, seg)  # [n,K,r,Tp,dv]
-    return o.transpose(0, 3, 1, 2, 4).reshape(n, Tp, H, -1)[:, :T]
+    return _padding_rows(o.transpose(0, 3, 1, 2, 4).reshape(n, Tp, H, -1)[:, :T], seg_NT, v_NSKv)
 
 
 # ----------------------------------------------------------------------------------------------
