@@ -16,6 +16,7 @@ from absl import flags
 
 from r1jax import cli, configs, distributed
 from r1jax import plan as plan_lib
+from r1jax.errors import ConfigError
 from r1jax.models import get_preset, hf, store
 
 
@@ -143,8 +144,10 @@ def plan(argv=None) -> None:
 
     fv = _parse(define, argv, "plan")
     c = configs.load(fv.config)
-    print(
-        plan_report(
+    try:
+        report = plan_report(
             c, fv.target, preset=fv.model or None, max_new_tokens=fv.max_new_tokens, slots=fv.slots
         )
-    )
+    except ConfigError as e:  # e.g. prompt + new tokens beyond the model's context
+        raise SystemExit(f"plan: {e}") from None
+    print(report)
