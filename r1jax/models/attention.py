@@ -74,10 +74,10 @@ def dense(q_NTHh, k_NSKh, v_NSKv, mask_NTS, scale: float | None = None):
     n, t, H, dh = q_NTHh.shape
     K, dv = k_NSKh.shape[2], v_NSKv.shape[-1]
     r = H // K
-    scale = 1 / math.sqrt(dh) if scale is None else scale
     q = q_NTHh.reshape(n, t, K, r, dh).transpose(0, 2, 3, 1, 4).reshape(n, K, r * t, dh)
     s = jnp.matmul(q, k_NSKh.transpose(0, 2, 3, 1), preferred_element_type=f32)
-    s = s.reshape(n, K, r, t, -1) * scale
+    s = s.reshape(n, K, r, t, -1)
+    s = s / math.sqrt(dh) if scale is None else s * scale  # the division: results bit for bit
     p = jax.nn.softmax(jnp.where(mask_NTS[:, None, None], s, NEG_INF), axis=-1)
     p = p.astype(v_NSKv.dtype).reshape(n, K, r * t, -1)
     o = jnp.matmul(p, v_NSKv.transpose(0, 2, 1, 3))  # [n,k,r*t,dv]
