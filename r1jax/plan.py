@@ -14,7 +14,9 @@ What is counted (c = bytes of cfg.dtype, p = bytes of cfg.param_dtype):
   kv_cache    the sampler's cache (c): k and v of each prompt's prefix [L,B,K,Dh,P] and each
               row's suffix [L,N,K,Dh,T'] (T' = max_new_tokens rounded up to the decode chunk).
               Rows follow the prompts, split over the batch axes like any "batch" dimension
-              (rollout.prompt_sharding); kv heads over tensor when K divides.
+              (rollout.prompt_sharding); kv heads over tensor when K divides. With decode
+              slots (Settings.slots, a continuous-batching sampler) the cache is instead
+              [L,slots,K,Dh,P+T'] (an upper bound: a group's slots may share the prompt).
   sampler     the rest of the rollout's peak, the larger of the prefill of one layer (B prompts
               of P tokens, fp32 scores included) and the last decode-phase switch: the previous
               suffix (~T'/2, live while copied into the larger one), three [N,V] fp32 logits
@@ -37,7 +39,13 @@ What is counted (c = bytes of cfg.dtype, p = bytes of cfg.param_dtype):
                           cotangent reuses the recomputed scores' buffer)
               activations = saved + [n,S,S] bool mask + max(work, logprobs) (the head's backward
               runs before the layers'). cfg.remat picks the one in the total; both are reported.
-              Attention is not fused: the S^2 terms dominate long sequences.
+              These S^2 terms are the dense attention path's. The path is the model's
+              (attention.choose for cfg.attention, S and the target's platform); the blocked
+              path and the fused kernels keep per layer, instead of att, the output and its
+              fp32 log-sum-exp plus blocked copies of q, k, v (n*S*(Hq*(Dh*c+4) + (Hq+2Kt)*Dh*c));
+              their scores are four fp32 [n,Hq,bq,bk] blocks (scores, probabilities and their
+              cotangents) and the fp32 dq accumulator [n,S,Hq,Dh]; the mask is the [n,S] segment
+              ids, except for cuDNN, which reads the mask as an [n,1,S,S] bias (c).
   logprobs    the log-prob head on the T completion positions: the final norm's [n,S,D] (c and
               fp32), [n,T,D] hidden states and their cotangent, three fp32 [n,T,chunk] tensors
               ([n,T,V] when V <= vocab_chunk) and, when chunked, the chunked unembedding's gradient
@@ -69,8 +77,9 @@ import jax.numpy as jnp
 import optax
 
 from r1jax import sharding as shd
+from r1jax.models import attention
 from r1jax.models import transformer as tfm
-from r1jax.models.config import ModelConfig
+from r1jax.models.config import ModelConfig, check_context
 
 GiB = 1024**3
 
@@ -87,10 +96,15 @@ class Settings:
     beta: float = 0.001  # > 0 keeps a reference model
     vocab_chunk: int = 8192
     decode_chunk: int = 32  # rollout.chunk: T is padded to a multiple of it
+    # Decode slots of a continuous-batching sampler (rows decoded at once, over the whole mesh);
+    # 0: the static sampler, which decodes all B*G rows at once.
+    slots: int = 0
 
     def __post_init__(self):
+        if self.slots < 0:
+            raise ValueError(f"Settings.slots must be >= 0, got {self.slots}")
         for f in dataclasses.fields(self):
-            if f.name != "beta" and getattr(self, f.name) <= 0:
+            if f.name not in ("beta", "slots") and getattr(self, f.name) <= 0:
                 raise ValueError(f"Settings.{f.name} must be positive, got {getattr(self, f.name)}")
 
 
@@ -197,10 +211,14 @@ def _adamw_state(cfg: ModelConfig):
 
 
 def kv_cache_bytes(cfg: ModelConfig, mesh, s: Settings) -> int:
-    """Prefix [L,B,K,Dh,P] + suffix [L,N,K,Dh,T'] caches (k and v) and their small fields."""
+    """Prefix [L,B,K,Dh,P] + suffix [L,N,K,Dh,T'] caches (k and v) and their small fields; with
+    decode slots, [L,slots,K,Dh,P+T'] (a prompt and its completion per slot: an upper bound,
+    since sharing a prompt across its group's slots only lowers it)."""
     b, t_pad = _local("batch", s.num_prompts, mesh), _t_pad(s)
     kt, c = _local("kv_heads", cfg.n_kv_heads, mesh), jnp.dtype(cfg.dtype).itemsize
     per_pos = 2 * cfg.n_layers * kt * cfg.head_dim * c
+    if s.slots:
+        return _local("batch", s.slots, mesh) * (s.prompt_len + t_pad) * (per_pos + 1)
     prefix = b * s.prompt_len * (per_pos + 1) + b * 4  # + bool mask, int32 length
     return prefix + b * s.group_size * t_pad * per_pos + 4  # + int32 index
 
@@ -209,27 +227,43 @@ def _t_pad(s: Settings) -> int:
     return -(-s.max_new_tokens // s.decode_chunk) * s.decode_chunk
 
 
-def _layer(cfg: ModelConfig, mesh, n: int, S: int) -> dict[str, int]:
+def platform_of(target: Target) -> str:
+    """The JAX platform of a target's devices ("tpu", "gpu" or "cpu"), for attention.choose."""
+    kind = target.kind.lower()
+    return "tpu" if kind.startswith("tpu") else ("cpu" if kind == "cpu" else "gpu")
+
+
+def _layer(cfg: ModelConfig, mesh, n: int, S: int, platform: str = "cpu") -> dict[str, int]:
     """Terms of one layer at n rows of length S (see the module docstring)."""
     c = jnp.dtype(cfg.dtype).itemsize
     D, Dh = cfg.d_model, cfg.head_dim
     hq, kt = _local("q_heads", cfg.n_heads, mesh), _local("kv_heads", cfg.n_kv_heads, mesh)
     ft = _local("mlp", cfg.d_ff, mesh)
     gathered = abstract_mesh({"tensor": mesh.shape["tensor"]})  # weights gathered over fsdp
+    path = attention.choose(
+        cfg.attention, S, cfg.attention_block_kv, Dh, Dh, cfg.dtype, platform, mesh.size
+    )
+    if path == "dense":
+        att, scores, mask = n * hq * S * S * (4 + c), n * hq * S * S * 4, n * S * S
+    else:  # blocked and the fused kernels: see the module docstring
+        bq, bk = min(cfg.attention_block_q, S), min(cfg.attention_block_kv, S)
+        att = n * S * hq * (Dh * c + 4) + n * S * (hq + 2 * kt) * Dh * c
+        scores = 4 * n * hq * bq * bk * 4 + n * S * hq * Dh * 4
+        mask = n * S * S * c if path == "cudnn" else n * S * 4
     return {
         "lin": n * S * (3 * D * c + 4 * D + 3 * (hq + kt) * Dh * c + 2 * ft * c),
-        "att": n * hq * S * S * (4 + c),
-        "scores": n * hq * S * S * 4,
+        "att": att,
+        "scores": scores,
         "weights": param_bytes(cfg, gathered, cfg.dtype, only_layers=True) // cfg.n_layers,
-        "mask": n * S * S,
+        "mask": mask,
     }
 
 
-def activation_bytes(cfg: ModelConfig, mesh, s: Settings, remat: bool) -> int:
+def activation_bytes(cfg: ModelConfig, mesh, s: Settings, remat: bool, platform="cpu") -> int:
     """Peak activations of one training micro-batch, log-prob head included: what the forward
     pass saves, plus the larger of the head's peak and one layer's backward pass."""
     n, S = _local("batch", s.micro_batch, mesh), s.prompt_len + s.max_new_tokens
-    lay = _layer(cfg, mesh, n, S)
+    lay = _layer(cfg, mesh, n, S, platform)
     work = lay["scores"] + 2 * lay["weights"]  # fp32 scores; the weights and their gradient
     if remat:
         saved = cfg.n_layers * n * S * cfg.d_model * jnp.dtype(cfg.dtype).itemsize
@@ -256,17 +290,19 @@ def logprob_bytes(cfg: ModelConfig, mesh, s: Settings) -> int:
     return out + 3 * n * T * s.vocab_chunk * 4 + w_copy + chunks * 4 * n * T * 4
 
 
-def sampler_bytes(cfg: ModelConfig, mesh, s: Settings) -> int:
-    """The rollout's peak besides the KV cache: prefill of one layer, or the last phase switch."""
+def sampler_bytes(cfg: ModelConfig, mesh, s: Settings, platform: str = "cpu") -> int:
+    """The rollout's peak besides the KV cache: prefill of one layer, or the last phase switch
+    (with decode slots the cache does not grow: the slots' logits and the output buffers)."""
     b, t_pad, c = _local("batch", s.num_prompts, mesh), _t_pad(s), jnp.dtype(cfg.dtype).itemsize
-    pre = _layer(cfg, mesh, b, s.prompt_len)
+    pre = _layer(cfg, mesh, b, s.prompt_len, platform)
     n = b * s.group_size
     kt = _local("kv_heads", cfg.n_kv_heads, mesh)
     prev = -(-t_pad // 2 // s.decode_chunk) * s.decode_chunk if t_pad > s.decode_chunk else 0
     grow = 2 * cfg.n_layers * n * kt * cfg.head_dim * prev * c
-    logits = 3 * n * _local("vocab", cfg.vocab_size, mesh) * 4
+    rows = _local("batch", s.slots, mesh) if s.slots else n
+    logits = 3 * rows * _local("vocab", cfg.vocab_size, mesh) * 4
     prefill = pre["lin"] + pre["att"] + pre["scores"] + pre["weights"] + pre["mask"]
-    return max(prefill, grow + logits + n * t_pad * 8)
+    return max(prefill, (0 if s.slots else grow) + logits + n * t_pad * 8)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -323,10 +359,11 @@ def plan(
 ) -> Plan:
     """Per-device memory of a GRPO run of `cfg` on `mesh` (axis -> size) of `target`."""
     tgt = _target(target) if isinstance(target, str) else target
+    check_context(cfg, settings.prompt_len, settings.max_new_tokens, label)
     am = abstract_mesh(mesh)
     if am.size != tgt.num_devices:
         raise ValueError(f"mesh {mesh} has {am.size} devices; {tgt.name} has {tgt.num_devices}")
-    params = param_bytes(cfg, am)
+    params, pf = param_bytes(cfg, am), platform_of(tgt)
     return Plan(
         label=label,
         target=tgt,
@@ -337,9 +374,9 @@ def plan(
         grads=param_bytes(cfg, am, "float32") + params,
         ref_params=params if settings.beta > 0 else 0,
         kv_cache=kv_cache_bytes(cfg, am, settings),
-        sampler=sampler_bytes(cfg, am, settings),
-        activations_remat=activation_bytes(cfg, am, settings, remat=True),
-        activations_no_remat=activation_bytes(cfg, am, settings, remat=False),
+        sampler=sampler_bytes(cfg, am, settings, pf),
+        activations_remat=activation_bytes(cfg, am, settings, True, pf),
+        activations_no_remat=activation_bytes(cfg, am, settings, False, pf),
         logprobs=logprob_bytes(cfg, am, settings),
     )
 
@@ -448,7 +485,8 @@ def format_table(plans) -> str:
 
 
 def settings_of(config) -> Settings:
-    """The Settings of a GRPO config (r1jax/configs/r1zero.py's keys)."""
+    """The Settings of a GRPO config (r1jax/configs/r1zero.py's keys; sampling.slots if the
+    config has it)."""
     s = config.sampling
     return Settings(
         num_prompts=s.num_prompts,
@@ -459,6 +497,7 @@ def settings_of(config) -> Settings:
         beta=float(config.rl.beta),
         vocab_chunk=config.vocab_chunk,
         decode_chunk=s.chunk,
+        slots=int(s.get("slots", 0) or 0),
     )
 
 

@@ -16,6 +16,7 @@ from absl import flags
 
 from r1jax import cli, configs, distributed
 from r1jax import plan as plan_lib
+from r1jax.errors import ConfigError
 from r1jax.models import get_preset, hf, store
 
 
@@ -94,7 +95,9 @@ def sweep(argv=None) -> None:
             subprocess.run(cmd, check=True)
 
 
-def plan_report(config, targets, *, preset: str | None = None, max_new_tokens: int = 0) -> str:
+def plan_report(
+    config, targets, *, preset: str | None = None, max_new_tokens: int = 0, slots: int = -1
+) -> str:
     """The memory table of `config` (a GRPO config; its model or a preset) on each target, with
     the mesh r1jax.plan recommends and why."""
     cfg = (
@@ -105,6 +108,8 @@ def plan_report(config, targets, *, preset: str | None = None, max_new_tokens: i
     settings = plan_lib.settings_of(config)
     if max_new_tokens:
         settings = dataclasses.replace(settings, max_new_tokens=max_new_tokens)
+    if slots >= 0:
+        settings = dataclasses.replace(settings, slots=slots)
     label = preset or config.model.init or config.model.preset
     plans, lines = [], []
     for t in targets:
@@ -114,7 +119,8 @@ def plan_report(config, targets, *, preset: str | None = None, max_new_tokens: i
     head = (
         f"{label}: {settings.num_prompts} prompts x {settings.group_size} samples, "
         f"{settings.prompt_len} + {settings.max_new_tokens} tokens, micro-batch "
-        f"{settings.micro_batch}; GiB per device"
+        f"{settings.micro_batch}, {settings.slots or 'no'} decode slots, attention "
+        f"{cfg.attention}; GiB per device"
     )
     return "\n".join([head, plan_lib.format_table(plans), *lines])
 
@@ -129,7 +135,19 @@ def plan(argv=None) -> None:
         flags.DEFINE_multi_string("target", ["v5p-64", "h100x8"], "machines", flag_values=fv)
         flags.DEFINE_string("model", "", "a preset instead of the config's model", flag_values=fv)
         flags.DEFINE_integer("max_new_tokens", 0, "instead of the config's", flag_values=fv)
+        flags.DEFINE_integer(
+            "slots",
+            -1,
+            "decode slots (continuous batching; 0 static; -1 the config's)",
+            flag_values=fv,
+        )
 
     fv = _parse(define, argv, "plan")
     c = configs.load(fv.config)
-    print(plan_report(c, fv.target, preset=fv.model or None, max_new_tokens=fv.max_new_tokens))
+    try:
+        report = plan_report(
+            c, fv.target, preset=fv.model or None, max_new_tokens=fv.max_new_tokens, slots=fv.slots
+        )
+    except ConfigError as e:  # e.g. prompt + new tokens beyond the model's context
+        raise SystemExit(f"plan: {e}") from None
+    print(report)

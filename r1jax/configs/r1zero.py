@@ -14,6 +14,17 @@ temperature 1, reference reset every 400 steps, 16 minibatches per rollout):
 `model=` takes a Hugging Face or r1jax model directory; `data=` a dataset spec of
 r1jax.data.load_dataset (gsm8k, math, countdown, jsonl:PATH, ...). Overrides, e.g.
 `--config.rl.beta=0.0 --config.sampling.max_new_tokens=4096 --config.rewards.format.weight=0.5`.
+The Qwen2.5-Math bases have a 4,096-token context, so the 1,024-token limit stays there.
+
+`paper` adds the paper's length (R1-Zero and its 32B Qwen run: max length 32,768; read as the
+response limit, the prompt comes on top) on a base whose context holds it, e.g. Qwen2.5-7B
+(131,072 positions); a base whose context is shorter is an error before anything is compiled:
+  python launch/train.py --config=configs/r1zero.py:model=/path/to/Qwen2.5-7B,data=math,paper
+`model=paper` is the same on the qwen2.5-7b preset with random weights, for the planner:
+  python launch/plan.py --config=configs/r1zero.py:model=paper --target=v5p-64
+The clip range is not stated for R1-Zero, so it stays 0.2; R1's reasoning RL states eps = 10
+(r1_paper.md §3): add `stage1` for it. The paper's own Qwen R1-Zero run used Qwen2.5-32B at lr
+2e-6 and reports that a 7B dense base did not learn to reason this way (§4, [V2 G.1]).
 """
 
 from ml_collections import config_dict
@@ -21,15 +32,19 @@ from ml_collections import config_dict
 from r1jax.configs import common
 
 EMBEDDED = common.EMBEDDED
+PAPER = "paper"  # model=paper: the paper path on PAPER_PRESET's shapes (random weights)
+PAPER_PRESET = "qwen2.5-7b"
 
 
 def get_config(arg=None):
-    arg = common.parse_arg(arg, model=EMBEDDED, data="sumchain")
+    arg = common.parse_arg(arg, model=EMBEDDED, data="sumchain", paper=False, stage1=False)
     embedded = arg.model == EMBEDDED
     c = common.base()
 
     # Model. The embedded run decodes on CPU: unrolled layers skip per-step weight copies.
     c.model = common.model(arg.model, remat=not embedded, unroll_decode=embedded)
+    if arg.model == PAPER:
+        c.model = common.model("", preset=PAPER_PRESET, remat=True)
     if not embedded:
         c.model.overrides.update(param_dtype="float32", dtype="bfloat16")
     c.tokenizer = common.tokenizer()
@@ -78,6 +93,12 @@ def get_config(arg=None):
             num_prompts=16, num_samples=16, max_new_tokens=1024, temperature=0.6, top_p=0.95
         ),
     )
+
+    if arg.paper or arg.model == PAPER:  # R1-Zero's length limit (R1 §2; r1_paper.md §2)
+        c.sampling.update(max_new_tokens=32_768, max_prompt_len=1024)
+        c.eval.sampling.update(max_new_tokens=32_768, max_prompt_len=1024)
+    if arg.stage1:  # R1's reasoning-RL stage states a clip range of 10 ([N] Methods)
+        c.rl.update(epsilon_low=10.0, epsilon_high=10.0)
 
     if embedded:  # the laptop-sized run: ~1M-parameter model, fixed 80-token prompts
         c.sampling.update(

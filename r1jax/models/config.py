@@ -12,6 +12,9 @@ import json
 import os
 from typing import Any
 
+from r1jax.errors import ConfigError
+from r1jax.models.attention import IMPLEMENTATIONS
+
 ARCHITECTURES = {  # model_type -> HF architectures entry
     "qwen2": "Qwen2ForCausalLM",
     "qwen3": "Qwen3ForCausalLM",
@@ -45,6 +48,12 @@ class ModelConfig:
     # then no longer copies each layer's weights out of the stack (rollouts ~7% faster in
     # benchmarks/grpo_step.py), at the cost of compile time that grows with depth.
     unroll_decode: bool = False
+    # Full-sequence attention (training, scoring, prefill): "auto" | "dense" | "blocked" |
+    # "cudnn" | "splash" (r1jax/models/attention.py). auto: dense while the sequence fits one
+    # key block, else splash on one TPU device, cuDNN on GPU where it applies, else blocked.
+    attention: str = "auto"
+    attention_block_q: int = 512  # query rows per block (blocked, splash)
+    attention_block_kv: int = 512  # keys per block; also auto's dense limit
     bos_id: int | None = None
     eos_ids: tuple[int, ...] = ()
 
@@ -59,6 +68,13 @@ class ModelConfig:
             )
         if self.head_dim % 2:
             raise ValueError(f"ModelConfig.head_dim={self.head_dim} must be even for RoPE")
+        if self.attention not in IMPLEMENTATIONS:
+            raise ValueError(
+                f"ModelConfig.attention={self.attention!r}; expected one of {IMPLEMENTATIONS}"
+            )
+        for name in ("attention_block_q", "attention_block_kv"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"ModelConfig.{name} must be positive, got {getattr(self, name)}")
         if self.arch not in ARCHITECTURES:
             raise ValueError(
                 f"ModelConfig.arch={self.arch!r}; expected one of {list(ARCHITECTURES)}"
@@ -136,6 +152,9 @@ PRESETS: dict[str, ModelConfig] = {
     "qwen2.5-0.5b": _qwen25(896, 24, 14, 2, 4864),
     "qwen2.5-1.5b": _qwen25(1536, 28, 12, 2, 8960),
     "qwen2.5-3b": _qwen25(2048, 36, 16, 2, 11008),
+    # Qwen/Qwen2.5-7B (base) config.json: untied, max_position_embeddings 131072, rope_theta 1e6,
+    # no sliding window; model card: 7.61B parameters, context 131,072. The paper-scale base of
+    # configs/r1zero.py (32,768 new tokens need more than a 32k context).
     "qwen2.5-7b": _qwen25(3584, 28, 28, 4, 18944, vocab=152_064, tie=False, max_len=131_072),
     # Qwen2.5-32B (base) config.json: untied, 131072 positions, rms_norm_eps 1e-5 (Instruct: 1e-6).
     "qwen2.5-32b": _qwen25(5120, 64, 40, 8, 27648, 152_064, tie=False, max_len=131_072).replace(
@@ -154,6 +173,20 @@ PRESETS: dict[str, ModelConfig] = {
     "r1-distill-qwen-1.5b": _qwen25(1536, 28, 12, 2, 8960, tie=False, theta=1e4, max_len=131_072),
     "r1-distill-qwen-7b": _qwen25(3584, 28, 28, 4, 18944, 152_064, False, 1e4, 131_072),
 }
+
+
+def check_context(cfg: ModelConfig, prompt_len: int, max_new_tokens: int, where: str = "") -> None:
+    """A one-line error when prompt + new tokens exceed the model's context (max_seq_len, HF
+    max_position_embeddings): positions past it were never trained. RoPE scaling (rope_llama3)
+    is the configured way to go further, so with it nothing is checked."""
+    total = prompt_len + max_new_tokens
+    if total > cfg.max_seq_len and cfg.rope_llama3 is None:
+        raise ConfigError(
+            f"{where or 'config'}: config.sampling.max_prompt_len ({prompt_len}) + "
+            f"config.sampling.max_new_tokens ({max_new_tokens}) = {total} exceeds the model's "
+            f"context max_seq_len (max_position_embeddings) = {cfg.max_seq_len}; lower them, or "
+            "use a longer-context base or configure RoPE scaling (model.overrides.rope_llama3)"
+        )
 
 
 def get_preset(name: str, **overrides) -> ModelConfig:

@@ -30,10 +30,11 @@ import numpy as np
 from jax.ad_checkpoint import checkpoint_name
 
 from r1jax import sharding as shd
+from r1jax.models import attention as attn_lib
 from r1jax.models.config import ModelConfig
 
 f32 = jnp.float32
-NEG_INF = -1e30  # finite, so a fully masked row gives a uniform softmax instead of NaN
+NEG_INF = attn_lib.NEG_INF
 Params = dict[str, Any]
 
 
@@ -212,31 +213,9 @@ def _finish_block(x_NTD, o_NTHh, lp, cfg: ModelConfig):
     return _mlp(x_NTD + _dense(o_NTHh.reshape(n, t, H * dh), wo), lp, cfg)
 
 
-def attention(q_NTHh, k_NSKh, v_NSKh, mask_NTS):
-    """Grouped-query attention with an explicit boolean mask; softmax in fp32.
-
-    Laid out as plain batched matmuls over (row, kv head) with the r query heads of a kv head
-    and the t positions merged, [n,k,r*t,h] @ [n,k,h,s]: XLA CPU runs the equivalent 5-d einsum
-    ~2.4x slower (measured at n=32, t=288, H=4, K=2).
-    """
-    n, t, H, dh = q_NTHh.shape
-    K = k_NSKh.shape[2]
-    r = H // K
-    q = q_NTHh.reshape(n, t, K, r, dh).transpose(0, 2, 3, 1, 4).reshape(n, K, r * t, dh)
-    s = jnp.matmul(q, k_NSKh.transpose(0, 2, 3, 1), preferred_element_type=f32)
-    s = s.reshape(n, K, r, t, -1) / math.sqrt(dh)
-    p = jax.nn.softmax(jnp.where(mask_NTS[:, None, None], s, NEG_INF), axis=-1)
-    p = p.astype(v_NSKh.dtype).reshape(n, K, r * t, -1)
-    o = jnp.matmul(p, v_NSKh.transpose(0, 2, 1, 3))  # [n,k,r*t,h]
-    return o.reshape(n, K, r, t, dh).transpose(0, 3, 1, 2, 4).reshape(n, t, H, dh)
-
-
 def attention_mask(segment_ids_NT):
     """Causal, within one segment, and never onto padding (segment id 0)."""
-    t = segment_ids_NT.shape[1]
-    causal = jnp.tril(jnp.ones((t, t), bool))
-    same = segment_ids_NT[:, :, None] == segment_ids_NT[:, None, :]
-    return causal[None] & same & (segment_ids_NT[:, None, :] != 0)
+    return attn_lib.dense_mask(segment_ids_NT, segment_ids_NT)
 
 
 def positions_from_mask(mask_NT):
@@ -263,12 +242,13 @@ def forward(
     """Hidden states after the final norm, [N,T,D]; with return_kv also (k, v) [L,N,T,K,Dh].
 
     segment_ids_NT: 0 marks padding; rows may hold several packed segments (1, 2, ...).
+    The attention path (dense, blocked, cuDNN, splash) is chosen by cfg.attention and the length.
     """
-    mask = attention_mask(segment_ids_NT)
+    attend = attn_lib.self_attention(segment_ids_NT, cfg, cfg.head_dim, cfg.head_dim)
 
     def layer(x, lp):
         q, k, v = _qkv(x, lp, positions_NT, cfg)
-        x = _finish_block(x, attention(q, k, v, mask), lp, cfg)
+        x = _finish_block(x, attend(q, k, v), lp, cfg)
         return x, ((k, v) if return_kv else None)
 
     if cfg.remat:
