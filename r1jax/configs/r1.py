@@ -36,8 +36,9 @@ def get_config(arg=None):
     s1.optim.update(lr=1e-4, warmup_steps=5, min_lr_ratio=0.1)
     c.cold_start = s1
 
-    # Stage 2: reasoning RL with rule rewards + language consistency (R1: added to the reward).
-    s2 = r1zero.get_config()
+    # Stage 2: reasoning RL with rule rewards + language consistency (R1: added to the reward),
+    # clip range 10 as R1 states for this stage (`stage1`).
+    s2 = r1zero.get_config("stage1")
     s2.rewards.language = dict(name="language", weight=0.1, kwargs=dict(language="en"))
     s2.update(steps=80, eval_every=0, ckpt_every=1000)
     c.reasoning_rl = s2
