@@ -33,6 +33,7 @@ RULES: dict[str, tuple[str, ...]] = {
     "kv_heads": ("tensor",),
     "head_dim": (),
     "mlp": ("tensor",),
+    "expert": (),  # MoE experts
     "norm": (),
     "seq": (),
 }

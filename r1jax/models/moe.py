@@ -1,0 +1,172 @@
+"""DeepSeekMoE / Qwen3-MoE feed-forward layers: a router, routed experts and shared experts.
+
+Routing (per token, scores and gates in fp32):
+  softmax  (DeepSeek-V2, Qwen3-MoE): p = softmax(logits); with n_group > 1 only the topk_group
+           groups with the largest max-p are eligible (V2 "group_limited_greedy"); the gates are
+           the top-k p (renormalised to sum 1 if norm_topk_prob), times routed_scaling.
+  sigmoid  (DeepSeek-V3 "noaux_tc"): s = sigmoid(logits); the choice ranks s + bias, where the
+           bias is the auxiliary-loss-free balancing state (no gradient); the eligible groups are
+           the topk_group with the largest sum of their two best s + bias; the gates are the
+           chosen s *without* the bias, normalised, times routed_scaling.
+
+Dispatch: the T*k (token, expert) assignments are sorted by expert and run as three grouped
+matmuls (`jax.lax.ragged_dot`), so each expert sees only its own tokens; nothing is computed for
+an expert that no token chose, and there is no dense [T, E, F] intermediate. Dropless by
+default. With cfg.capacity_factor = c > 0 an expert keeps at most ceil(c * T * k / E)
+assignments (earliest tokens first) and the rest contribute nothing (their token keeps the
+residual and the shared experts): the GShard/Switch semantics, reported as `dropped`; shapes stay
+static, so this changes the result, not the compute.
+
+Einsum letters: t tokens (rows x positions flattened), d model, e experts, f expert hidden,
+k experts per token, a assignments (t*k).
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+
+from r1jax.models.config import ModelConfig
+
+f32 = jnp.float32
+
+
+def route(x_TD, lp, cfg: ModelConfig):
+    """(gates [T,k] fp32, experts [T,k] int32, probs [T,E]: the normalised router distribution)."""
+    E, k = cfg.n_experts, cfg.n_experts_per_tok
+    logits = x_TD.astype(f32) @ lp["router"].astype(f32)  # [T,E]
+    if cfg.router == "sigmoid":
+        scores = jax.nn.sigmoid(logits)
+        choice = scores + jax.lax.stop_gradient(lp["router_bias"].astype(f32))
+        fill = -jnp.inf
+    else:
+        scores = jax.nn.softmax(logits, axis=-1)
+        choice, fill = scores, 0.0
+    if cfg.n_group > 1:
+        grouped = choice.reshape(-1, cfg.n_group, E // cfg.n_group)
+        if cfg.router == "sigmoid":
+            group_score = jax.lax.top_k(grouped, 2)[0].sum(-1)
+        else:
+            group_score = grouped.max(-1)
+        _, top_groups = jax.lax.top_k(group_score, cfg.topk_group)  # [T, topk_group]
+        keep = (
+            jnp.zeros(group_score.shape, bool)
+            .at[jnp.arange(group_score.shape[0])[:, None], top_groups]
+            .set(True)
+        )
+        keep = jnp.repeat(keep, E // cfg.n_group, axis=-1)
+        choice = jnp.where(keep, choice, fill)
+    _, experts = jax.lax.top_k(choice, k)
+    gates = jnp.take_along_axis(scores, experts, axis=-1)
+    if cfg.norm_topk_prob:
+        gates = gates / (gates.sum(-1, keepdims=True) + (1e-20 if cfg.router == "sigmoid" else 0))
+    probs = scores if cfg.router == "softmax" else scores / scores.sum(-1, keepdims=True)
+    return gates * cfg.routed_scaling, experts.astype(jnp.int32), probs
+
+
+def _swiglu(x, w_gate, w_up, w_down, dt):
+    h = jax.nn.silu(x @ w_gate.astype(dt)) * (x @ w_up.astype(dt))
+    return h @ w_down.astype(dt)
+
+
+def capacity(cfg: ModelConfig, n_tokens: int) -> int | None:
+    if not cfg.capacity_factor:
+        return None
+    return math.ceil(cfg.capacity_factor * n_tokens * cfg.n_experts_per_tok / cfg.n_experts)
+
+
+def routed_experts(x_TD, gates_TK, experts_TK, lp, cfg: ModelConfig):
+    """sum_k gate[t,k] * expert_{e[t,k]}(x[t]) by sorted dispatch. Returns (y [T,D], kept [T,k])."""
+    dt = jnp.dtype(cfg.dtype)
+    T, k = experts_TK.shape
+    E = cfg.n_experts
+    flat_e = experts_TK.reshape(-1)  # [A]
+    order = jnp.argsort(flat_e, stable=True)  # assignments grouped by expert, tokens in order
+    token = order // k
+    sizes = jnp.bincount(flat_e, length=E).astype(jnp.int32)
+    kept = jnp.ones(flat_e.shape, bool)
+    cap = capacity(cfg, T)
+    if cap is not None:  # rank of each assignment within its expert, in token order
+        starts = jnp.cumsum(sizes) - sizes
+        rank = jnp.arange(order.shape[0]) - starts[flat_e[order]]
+        kept = jnp.zeros_like(kept).at[order].set(rank < cap)
+    x_sorted = x_TD.astype(dt)[token]  # [A,D]
+    h = jax.nn.silu(jax.lax.ragged_dot(x_sorted, lp["we_gate"].astype(dt), sizes))
+    h = h * jax.lax.ragged_dot(x_sorted, lp["we_up"].astype(dt), sizes)
+    y_sorted = jax.lax.ragged_dot(h, lp["we_down"].astype(dt), sizes)  # [A,D]
+    w = jnp.where(kept, gates_TK.reshape(-1), 0.0)[order]
+    y = jnp.zeros((T, x_TD.shape[-1]), f32).at[token].add(y_sorted.astype(f32) * w[:, None])
+    return y.astype(dt), kept.reshape(T, k)
+
+
+def moe_ffn(x_NTD, lp, cfg: ModelConfig, valid_NT=None, replay_NTK=None):
+    """The MoE feed-forward of a normalised input: (y [N,T,D], routing dict).
+
+    replay_NTK: expert choices to use instead of the router's (routing replay); the gates are
+    the router's current scores of those experts, so gradients still reach the router.
+    routing: experts [N,T,k] and the metric sums of `router_stats`.
+    """
+    n, t, d = x_NTD.shape
+    x = x_NTD.reshape(n * t, d)
+    gates, experts, probs = route(x, lp, cfg)
+    if replay_NTK is not None:
+        experts = replay_NTK.reshape(n * t, -1).astype(jnp.int32)
+        gates = _replayed_gates(x, experts, lp, cfg)
+    y, kept = routed_experts(x, gates, experts, lp, cfg)
+    if cfg.n_shared_experts:
+        dt = jnp.dtype(cfg.dtype)
+        y = y + _swiglu(x.astype(dt), lp["ws_gate"], lp["ws_up"], lp["ws_down"], dt)
+    valid = jnp.ones((n * t,), bool) if valid_NT is None else valid_NT.reshape(-1)
+    stats = router_stats(experts, kept, probs, valid, cfg)
+    return y.reshape(n, t, d), {"experts": experts.reshape(n, t, -1), **stats}
+
+
+def _replayed_gates(x_TD, experts_TK, lp, cfg: ModelConfig):
+    logits = x_TD.astype(f32) @ lp["router"].astype(f32)
+    scores = jax.nn.sigmoid(logits) if cfg.router == "sigmoid" else jax.nn.softmax(logits, -1)
+    gates = jnp.take_along_axis(scores, experts_TK, axis=-1)
+    if cfg.norm_topk_prob:
+        gates = gates / (gates.sum(-1, keepdims=True) + 1e-20)
+    return gates * cfg.routed_scaling
+
+
+def router_stats(experts_TK, kept_TK, probs_TE, valid_T, cfg: ModelConfig) -> dict:
+    """Sums over real (non-padding) tokens: load [E] (assignments per expert), dropped
+    assignments, router entropy (nats, summed over tokens) and the token count."""
+    w = valid_T.astype(f32)
+    onehot = jax.nn.one_hot(experts_TK, cfg.n_experts, dtype=f32)  # [T,k,E]: small, stats only
+    load = jnp.einsum("tke,t->e", onehot, w)
+    dropped = jnp.sum((~kept_TK).astype(f32) * w[:, None])
+    entropy = -jnp.sum(probs_TE * jnp.log(jnp.maximum(probs_TE, 1e-30)), axis=-1)
+    return {"load": load, "dropped": dropped, "entropy": jnp.sum(entropy * w), "tokens": w.sum()}
+
+
+def summarize(routing: dict) -> dict:
+    """Per-step router metrics from the stacked per-layer sums of a forward pass ([L, ...]):
+    load fraction per layer and expert, max/mean load (1.0 = perfectly balanced), dropped
+    fraction, mean routing entropy."""
+    load = routing["load"]  # [L,E]
+    frac = load / jnp.maximum(load.sum(-1, keepdims=True), 1.0)
+    tokens = jnp.maximum(routing["tokens"].sum(), 1.0)
+    return {
+        "moe_load": frac,
+        "moe_max_load": jnp.max(frac * load.shape[-1]),
+        "moe_dropped_frac": routing["dropped"].sum() / jnp.maximum(load.sum(), 1.0),
+        "moe_entropy": routing["entropy"].sum() / tokens,
+    }
+
+
+def update_router_bias(bias_LE, load_LE, speed: float):
+    """Auxiliary-loss-free balancing (DeepSeek-V3 section 2.1.2): each expert's bias moves by
+    `speed` up if it got fewer than the mean number of assignments, down if more."""
+    mean = load_LE.mean(-1, keepdims=True)
+    return bias_LE + speed * jnp.sign(mean - load_LE).astype(bias_LE.dtype)
+
+
+def disagreement(experts_a_NTK, experts_b_NTK, valid_NT) -> jax.Array:
+    """Fraction of (token, slot) expert choices of b not in a's set for the same token."""
+    same = (experts_b_NTK[..., :, None] == experts_a_NTK[..., None, :]).any(-1)  # [N,T,k]
+    w = valid_NT.astype(f32)[..., None]
+    return jnp.sum((~same) * w) / jnp.maximum(jnp.sum(w) * same.shape[-1], 1.0)
