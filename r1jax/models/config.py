@@ -199,6 +199,115 @@ PRESETS: dict[str, ModelConfig] = {
 }
 
 
+# MoE presets: values from each model's config.json on the Hugging Face Hub (repo named in the
+# comment); the multi-token-prediction layer of DeepSeek-V3 is not part of the model.
+_DEEPSEEK_MLA = dict(kv_lora_rank=512, qk_rope_dim=64, v_head_dim=128, rope_interleave=True)
+PRESETS.update(
+    {
+        # deepseek-ai/DeepSeek-V3 (and -R1, -R1-Zero, -V3-Base): 671B total, 37B activated.
+        "deepseek-v3": ModelConfig(
+            129_280,
+            7168,
+            61,
+            128,
+            128,
+            128,
+            18_432,
+            "deepseek_v3",
+            10_000.0,
+            rms_eps=1e-6,
+            max_seq_len=163_840,
+            bos_id=0,
+            eos_ids=(1,),
+            n_experts=256,
+            n_experts_per_tok=8,
+            moe_d_ff=2048,
+            n_shared_experts=1,
+            first_k_dense=3,
+            router="sigmoid",
+            n_group=8,
+            topk_group=4,
+            norm_topk_prob=True,
+            routed_scaling=2.5,
+            q_lora_rank=1536,
+            rope_yarn=(40.0, 4096, 32.0, 1.0, 1.0, 1.0),
+            **_DEEPSEEK_MLA,
+        ),  # fmt: skip
+        # deepseek-ai/DeepSeek-V2-Lite: 15.7B total, 2.4B activated; full-rank queries.
+        "deepseek-v2-lite": ModelConfig(
+            102_400,
+            2048,
+            27,
+            16,
+            16,
+            128,
+            10_944,
+            "deepseek_v2",
+            10_000.0,
+            rms_eps=1e-6,
+            max_seq_len=163_840,
+            bos_id=100_000,
+            eos_ids=(100_001,),
+            n_experts=64,
+            n_experts_per_tok=6,
+            moe_d_ff=1408,
+            n_shared_experts=2,
+            first_k_dense=1,
+            router="softmax",
+            routed_scaling=1.0,
+            rope_yarn=(40.0, 4096, 32.0, 1.0, 0.707, 0.707),
+            **_DEEPSEEK_MLA,
+        ),  # fmt: skip
+        # moonshotai/Moonlight-16B-A3B: the DeepSeek-V3 architecture at V2-Lite size.
+        "moonlight-16b-a3b": ModelConfig(
+            163_840,
+            2048,
+            27,
+            16,
+            16,
+            128,
+            11_264,
+            "deepseek_v3",
+            50_000.0,
+            rms_eps=1e-5,
+            max_seq_len=8192,
+            bos_id=163_584,
+            eos_ids=(163_585,),
+            n_experts=64,
+            n_experts_per_tok=6,
+            moe_d_ff=1408,
+            n_shared_experts=2,
+            first_k_dense=1,
+            router="sigmoid",
+            norm_topk_prob=True,
+            routed_scaling=2.446,
+            **_DEEPSEEK_MLA,
+        ),  # fmt: skip
+        # Qwen/Qwen3-30B-A3B: 30.5B total, 3.3B activated; no shared expert.
+        "qwen3-30b-a3b": ModelConfig(
+            151_936,
+            2048,
+            48,
+            32,
+            4,
+            128,
+            6144,
+            "qwen3_moe",
+            1e6,
+            qk_norm=True,
+            rms_eps=1e-6,
+            max_seq_len=40_960,
+            bos_id=151_643,
+            eos_ids=(151_645,),
+            n_experts=128,
+            n_experts_per_tok=8,
+            moe_d_ff=768,
+            norm_topk_prob=True,
+        ),  # fmt: skip
+    }
+)
+
+
 def get_preset(name: str, **overrides) -> ModelConfig:
     if name not in PRESETS:
         raise ValueError(f"unknown model preset {name!r}; known: {sorted(PRESETS)}")
