@@ -78,27 +78,73 @@ def capacity(cfg: ModelConfig, n_tokens: int) -> int | None:
 
 
 def routed_experts(x_TD, gates_TK, experts_TK, lp, cfg: ModelConfig):
-    """sum_k gate[t,k] * expert_{e[t,k]}(x[t]) by sorted dispatch. Returns (y [T,D], kept [T,k])."""
+    """sum_k gate[t,k] * expert_{e[t,k]}(x[t]) by sorted dispatch. Returns (y [T,D], kept [T,k]).
+
+    Under a mesh (jax.set_mesh) with an "expert" axis of size n > 1, each device holds E/n
+    experts (the weights are sharded so by sharding.RULES) and runs only the assignments to
+    its own experts over all tokens of its batch shard; one psum over the axis adds them up
+    (the all-gather form of expert parallelism, for an axis within a host)."""
+    T, k = experts_TK.shape
+    kept = jnp.ones((T * k,), bool)
+    cap = capacity(cfg, T)
+    if cap is not None:  # rank of each assignment within its expert, in token order
+        flat_e = experts_TK.reshape(-1)
+        order = jnp.argsort(flat_e, stable=True)
+        sizes = jnp.bincount(flat_e, length=cfg.n_experts)
+        rank = jnp.arange(T * k) - (jnp.cumsum(sizes) - sizes)[flat_e[order]]
+        kept = kept.at[order].set(rank < cap)
+    w_TK = jnp.where(kept.reshape(T, k), gates_TK, 0.0)
+    weights = (lp["we_gate"], lp["we_up"], lp["we_down"])
+    n = expert_parallelism()
+    if n == 1:
+        return _grouped_ffn(x_TD, experts_TK, w_TK, *weights, cfg), kept.reshape(T, k)
+    if cfg.n_experts % n:
+        raise ValueError(f"ModelConfig.n_experts={cfg.n_experts} not divisible by expert axis {n}")
+
+    def local(x, e, w, wg, wu, wd):
+        first = jax.lax.axis_index("expert") * wg.shape[0]
+        mine = (e >= first) & (e < first + wg.shape[0])
+        e_loc = jnp.where(mine, e - first, wg.shape[0])  # others: past the last group
+        y = _grouped_ffn(x, e_loc, jnp.where(mine, w, 0.0), wg, wu, wd, cfg)
+        return jax.lax.psum(y, "expert")
+
+    P = jax.sharding.PartitionSpec
+    y = jax.shard_map(
+        local,
+        in_specs=(P(), P(), P(), P("expert"), P("expert"), P("expert")),
+        out_specs=P(),
+        axis_names={"expert"},
+        # With the default check_vma=True, jax 0.10.2 gave a wrong gradient for x (not summed
+        # over the axis); the model's own psum is explicit, so the check is not needed.
+        check_vma=False,
+    )(x_TD, experts_TK, w_TK, *weights)
+    return y, kept.reshape(T, k)
+
+
+def expert_parallelism() -> int:
+    """Size of the "expert" axis of the mesh set with jax.set_mesh (1 without one)."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or "expert" not in mesh.axis_names:
+        return 1
+    return mesh.shape["expert"]
+
+
+def _grouped_ffn(x_TD, experts_TK, w_TK, w_gate, w_up, w_down, cfg: ModelConfig):
+    """Assignments sorted by expert, three grouped matmuls, weighted scatter-add back. Expert
+    ids >= len(w_gate) fall past the last group: ragged_dot leaves their rows zero."""
     dt = jnp.dtype(cfg.dtype)
     T, k = experts_TK.shape
-    E = cfg.n_experts
     flat_e = experts_TK.reshape(-1)  # [A]
     order = jnp.argsort(flat_e, stable=True)  # assignments grouped by expert, tokens in order
     token = order // k
-    sizes = jnp.bincount(flat_e, length=E).astype(jnp.int32)
-    kept = jnp.ones(flat_e.shape, bool)
-    cap = capacity(cfg, T)
-    if cap is not None:  # rank of each assignment within its expert, in token order
-        starts = jnp.cumsum(sizes) - sizes
-        rank = jnp.arange(order.shape[0]) - starts[flat_e[order]]
-        kept = jnp.zeros_like(kept).at[order].set(rank < cap)
+    sizes = jnp.bincount(flat_e, length=w_gate.shape[0]).astype(jnp.int32)
     x_sorted = x_TD.astype(dt)[token]  # [A,D]
-    h = jax.nn.silu(jax.lax.ragged_dot(x_sorted, lp["we_gate"].astype(dt), sizes))
-    h = h * jax.lax.ragged_dot(x_sorted, lp["we_up"].astype(dt), sizes)
-    y_sorted = jax.lax.ragged_dot(h, lp["we_down"].astype(dt), sizes)  # [A,D]
-    w = jnp.where(kept, gates_TK.reshape(-1), 0.0)[order]
+    h = jax.nn.silu(jax.lax.ragged_dot(x_sorted, w_gate.astype(dt), sizes))
+    h = h * jax.lax.ragged_dot(x_sorted, w_up.astype(dt), sizes)
+    y_sorted = jax.lax.ragged_dot(h, w_down.astype(dt), sizes)  # [A,D]
+    w = w_TK.reshape(-1)[order]
     y = jnp.zeros((T, x_TD.shape[-1]), f32).at[token].add(y_sorted.astype(f32) * w[:, None])
-    return y.astype(dt), kept.reshape(T, k)
+    return y.astype(dt)
 
 
 def moe_ffn(x_NTD, lp, cfg: ModelConfig, valid_NT=None, replay_NTK=None):
