@@ -1,6 +1,7 @@
 """MoE and MLA: the dispatch against a per-token NumPy loop, HF parity (full forward and MLA
 latent-cache decode) for Qwen3-MoE / DeepSeek-V2 / DeepSeek-V3, FP8 import, preset sizes."""
 
+import functools
 import math
 
 import jax
@@ -245,3 +246,67 @@ def test_expert_parallel_equals_single_device():
     np.testing.assert_allclose(float(ep_loss), float(ref_loss), rtol=1e-5)
     for a, b in zip(jax.tree.leaves(ep_grads), jax.tree.leaves(ref_grads), strict=True):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
+
+
+def test_upcycled_moe_equals_its_dense_base_and_routing_replay_is_reported():
+    """moe.upcycle without noise computes the dense model exactly (normalised gates over copies
+    of the MLP). GRPO's loss on a MoE policy: the rollout's recorded experts are replayed when
+    asked (then the update routes exactly as the rollout did), and the disagreement between
+    them and the current router equals a NumPy set comparison, 0 for unchanged parameters."""
+    from r1jax.rl import objective
+
+    dense = ModelConfig(64, 32, 2, 4, 2, 8, 24)
+    dp = tfm.init_params(dense, jax.random.PRNGKey(0))
+    cfg = dense.replace(
+        n_experts=4, n_experts_per_tok=2, moe_d_ff=24, first_k_dense=1, norm_topk_prob=True,
+        init_std=0.5,
+    )  # fmt: skip
+    tok, mask = left_padded_batch(np.random.default_rng(0), 64, [8, 6], 8)
+    tok, mask = jnp.asarray(tok), jnp.asarray(mask)
+    np.testing.assert_allclose(
+        logits_jit(moe.upcycle(dp, cfg, jax.random.PRNGKey(1)), tok, mask, cfg),
+        logits_jit(dp, tok, mask, dense),
+        atol=1e-5,
+    )
+    rollout_params = moe.upcycle(dp, cfg, jax.random.PRNGKey(1), noise=0.2)
+    mb = {"tokens": tok, "attn": mask, "mask": mask[:, 4:], "adv": jnp.ones(2)}
+    mb.update(weight=jnp.ones((2, 4)), sampler_logp=jnp.zeros((2, 4)))
+    kw = dict(cfg=cfg, prompt_len=4, temperature=1.0, vocab_chunk=64)
+    record = jax.jit(functools.partial(objective.rollout_experts, **kw))
+    experts = record(rollout_params, mb)
+    assert experts.shape == (2, 1, 8, 2)  # [B, MoE layers, S, k]
+
+    def pl(logp, old, ref, adv, m, w, c):
+        return -(logp * m).sum(), {"logp_sum": ((logp * m).sum(), jnp.ones(()))}
+
+    loss = jax.jit(
+        functools.partial(objective.grpo_loss, policy_loss=pl, loss_cfg=None, **kw),
+        static_argnames="routing_replay",
+    )
+    mb = {**mb, "experts": experts}
+    _, same = loss(rollout_params, mb, {}, routing_replay=False)
+    assert float(same["routing_disagreement"][0]) == 0.0
+    moved = jax.tree.map(lambda a: a, rollout_params)
+    moved["moe_layers"]["router"] = rollout_params["moe_layers"][
+        "router"
+    ] + 0.5 * jax.random.normal(jax.random.PRNGKey(2), rollout_params["moe_layers"]["router"].shape)
+    now = np.asarray(record(moved, mb))
+    was = np.asarray(experts)
+    differ = sum(len(set(now[b, 0, s]) - set(was[b, 0, s])) for b in range(2) for s in range(8)
+                 if mask[b, s])  # fmt: skip
+    assert differ > 0
+    for replay in (False, True):
+        _, m = loss(moved, mb, {}, routing_replay=replay)
+        n, d = m["routing_disagreement"]
+        assert float(n) == differ and float(d) == 2 * int(mask.sum())
+    # Replayed: the loss equals the forward that routes with the rollout's experts.
+    _, m = loss(moved, mb, {}, routing_replay=True)
+    logp, _ = jax.jit(tfm.target_logprobs, static_argnums=4, static_argnames="first")(
+        moved, tok, tfm.positions_from_mask(mask), mask, cfg, first=4,
+        replay=experts.transpose(1, 0, 2, 3),
+    )  # fmt: skip
+    np.testing.assert_allclose(
+        float(m["logp_sum"][0]), float((logp * mask[:, 4:]).sum()), rtol=1e-6
+    )
+    _, m_free = loss(moved, mb, {}, routing_replay=False)
+    assert float(m_free["logp_sum"][0]) != pytest.approx(float(m["logp_sum"][0]), rel=1e-6)

@@ -157,6 +157,7 @@ def moe_ffn(x_NTD, lp, cfg: ModelConfig, valid_NT=None, replay_NTK=None):
     n, t, d = x_NTD.shape
     x = x_NTD.reshape(n * t, d)
     gates, experts, probs = route(x, lp, cfg)
+    own = experts  # the router's own choice, kept for the disagreement metric
     if replay_NTK is not None:
         experts = replay_NTK.reshape(n * t, -1).astype(jnp.int32)
         gates = _replayed_gates(x, experts, lp, cfg)
@@ -166,7 +167,8 @@ def moe_ffn(x_NTD, lp, cfg: ModelConfig, valid_NT=None, replay_NTK=None):
         y = y + _swiglu(x.astype(dt), lp["ws_gate"], lp["ws_up"], lp["ws_down"], dt)
     valid = jnp.ones((n * t,), bool) if valid_NT is None else valid_NT.reshape(-1)
     stats = router_stats(experts, kept, probs, valid, cfg)
-    return y.reshape(n, t, d), {"experts": experts.reshape(n, t, -1), **stats}
+    routing = {"experts": experts.reshape(n, t, -1), "router_experts": own.reshape(n, t, -1)}
+    return y.reshape(n, t, d), {**routing, **stats}
 
 
 def _replayed_gates(x_TD, experts_TK, lp, cfg: ModelConfig):
@@ -216,3 +218,29 @@ def disagreement(experts_a_NTK, experts_b_NTK, valid_NT) -> jax.Array:
     same = (experts_b_NTK[..., :, None] == experts_a_NTK[..., None, :]).any(-1)  # [N,T,k]
     w = valid_NT.astype(f32)[..., None]
     return jnp.sum((~same) * w) / jnp.maximum(jnp.sum(w) * same.shape[-1], 1.0)
+
+
+def upcycle(dense_params, cfg: ModelConfig, key, noise: float = 0.0):
+    """MoE parameters for `cfg` from a dense model of the same shapes (cfg without its MoE
+    fields): each MoE layer's experts start as copies of that layer's MLP (moe_d_ff = d_ff),
+    times (1 + noise * N(0, 1)) so that they can diverge; the router starts at N(0, init_std),
+    the balancing bias at 0. With noise = 0 and norm_topk_prob the model computes exactly what
+    the dense one did, whatever the routing."""
+    if cfg.moe_d_ff != cfg.d_ff or cfg.n_shared_experts:
+        raise ValueError("upcycle: needs moe_d_ff == d_ff and no shared experts")
+    f, E = cfg.first_k_dense, cfg.n_experts
+    dense = dense_params["layers"]
+    head = jax.tree.map(lambda a: a[:f], dense)
+    tail = {k: v[f:] for k, v in dense.items() if k not in ("w_gate", "w_up", "w_down")}
+    keys = jax.random.split(key, 4)
+    for i, (ours, theirs) in enumerate(
+        [("we_gate", "w_gate"), ("we_up", "w_up"), ("we_down", "w_down")]
+    ):
+        w = jnp.repeat(dense[theirs][f:, None], E, axis=1)  # [L,E,...]
+        tail[ours] = w * (1 + noise * jax.random.normal(keys[i], w.shape, w.dtype))
+    L = cfg.n_layers - f
+    tail["router"] = cfg.init_std * jax.random.normal(keys[3], (L, cfg.d_model, E))
+    tail["router"] = tail["router"].astype(dense["w_gate"].dtype)
+    if cfg.router == "sigmoid":
+        tail["router_bias"] = jnp.zeros((L, E), dense["w_gate"].dtype)
+    return {**dense_params, "layers": head, "moe_layers": tail}

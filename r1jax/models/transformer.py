@@ -403,16 +403,20 @@ def target_logprobs(
     temperature: float = 1.0,
     vocab_chunk: int = 8192,
     with_entropy: bool = False,
+    replay=None,
+    return_routing: bool = False,
 ):
     """log p(tokens[:, s] | tokens[:, :s]) for s >= first: [N, S - first] (and the entropy).
+    MoE: `replay` routes with given expert choices; return_routing appends the routing dict.
 
     The one log-prob function of training: GRPO's policy, reference and old-policy log-probs of
     completions (first = the prompt length) and the next-token terms of SFT and distillation on
     packed rows (first = 1) all come from here, so sampler and trainer agree by construction.
     """
-    h = forward(params, tokens_NS, positions_NS, segment_ids_NS, cfg)
+    h = forward(params, tokens_NS, positions_NS, segment_ids_NS, cfg, False, True, replay)
+    h, routing = h if isinstance(h, tuple) else (h, None)
     # The hidden state at position s-1 predicts token s.
-    return token_logprobs(
+    out = token_logprobs(
         params,
         h[:, first - 1 : -1],
         tokens_NS[:, first:],
@@ -421,6 +425,7 @@ def target_logprobs(
         vocab_chunk=vocab_chunk,
         with_entropy=with_entropy,
     )
+    return (*out, routing) if return_routing else out
 
 
 def token_logprobs(
