@@ -310,3 +310,46 @@ def test_upcycled_moe_equals_its_dense_base_and_routing_replay_is_reported():
     )
     _, m_free = loss(moved, mb, {}, routing_replay=False)
     assert float(m_free["logp_sum"][0]) != pytest.approx(float(m["logp_sum"][0]), rel=1e-6)
+
+
+def test_balancing_bias_is_updated_after_the_optimizer_step_from_the_batch_loads():
+    """Through update.make_train_step (2 micro-batches) with AdamW and weight decay: the bias
+    ends at update_router_bias(bias, loads summed over the whole batch), untouched by the
+    optimizer and its decay; the loads never reach the returned metrics."""
+    import ml_collections
+
+    from r1jax import optim, update
+    from r1jax import sharding as shd
+    from r1jax.configs import common
+
+    cfg = ModelConfig(
+        16, 8, 1, 2, 2, 4, 8, n_experts=4, n_experts_per_tok=2, moe_d_ff=4, router="sigmoid"
+    )
+    rng = np.random.default_rng(0)
+    lp = {k: rng.normal(size=s).astype(np.float32) for k, s in [
+        ("router", (1, 8, 4)), ("we_gate", (1, 4, 8, 4)), ("we_up", (1, 4, 8, 4)),
+        ("we_down", (1, 4, 4, 8))]}  # fmt: skip
+    lp["router_bias"] = np.full((1, 4), 0.5, np.float32)
+    x = rng.normal(size=(4, 3, 8)).astype(np.float32)
+
+    def loss_fn(params, mb, ctx):
+        one = jax.tree.map(lambda a: a[0], params["moe_layers"])
+        y, routing = moe.moe_ffn(mb["x"], one, cfg)
+        return (y**2).mean(), {"moe_load_per_expert": (routing["load"][None], jnp.ones(()))}
+
+    mesh = shd.make_mesh((("fsdp", 1),))
+    ocfg = ml_collections.ConfigDict(common.optim(lr=1e-2, weight_decay=0.5))
+    opt, _ = optim.make_optimizer(ocfg)
+    state = update.init_state({"moe_layers": jax.tree.map(jnp.asarray, lp)}, opt, mesh)
+    batch, bs = update.put_batch(mesh, {"x": x}, 2)
+    step = update.make_train_step(
+        loss_fn, opt, state_shardings=update.shardings_of(state), batch_shardings=bs,
+        after_update=moe.balancing_hook(cfg, ocfg.router_bias_speed),
+    )  # fmt: skip
+    _, routing = moe_ffn(jnp.asarray(x), jax.tree.map(lambda a: jnp.asarray(a[0]), lp), cfg)
+    want = moe.update_router_bias(jnp.asarray(lp["router_bias"]), routing["load"][None], 1e-3)
+    assert not np.allclose(want, lp["router_bias"])
+    state, metrics = step(state, batch)
+    np.testing.assert_allclose(state["params"]["moe_layers"]["router_bias"], want, atol=1e-7)
+    assert "moe_load_per_expert" not in metrics
+    assert not np.allclose(state["params"]["moe_layers"]["router"], lp["router"])  # trained

@@ -213,6 +213,24 @@ def update_router_bias(bias_LE, load_LE, speed: float):
     return bias_LE + speed * jnp.sign(mean - load_LE).astype(bias_LE.dtype)
 
 
+def balancing_hook(cfg: ModelConfig, speed: float):
+    """update.make_train_step's after_update for a sigmoid-routed MoE (None otherwise): the
+    bias of every MoE layer moves against the step's loads (the loss's moe_load_per_expert),
+    unless the step was skipped."""
+    if not (cfg.n_experts and cfg.router == "sigmoid" and speed):
+        return None
+
+    def hook(state, metrics):
+        layers = state["params"]["moe_layers"]
+        bias = layers["router_bias"]
+        new = update_router_bias(bias, metrics["moe_load_per_expert"], speed)
+        new = jnp.where(metrics["skipped"] > 0, bias, new)
+        params = {**state["params"], "moe_layers": {**layers, "router_bias": new}}
+        return {**state, "params": params}
+
+    return hook
+
+
 def disagreement(experts_a_NTK, experts_b_NTK, valid_NT) -> jax.Array:
     """Fraction of (token, slot) expert choices of b not in a's set for the same token."""
     same = (experts_b_NTK[..., :, None] == experts_a_NTK[..., None, :]).any(-1)  # [N,T,k]

@@ -69,6 +69,7 @@ def _moe_logprobs(params, mb, replay: bool, model_kw):
     )  # fmt: skip
     load = routing["load"]  # [L,E]
     metrics = {
+        "moe_load_per_expert": (load, jnp.ones(())),  # for the balancing bias (update.py)
         "moe_router_entropy": (routing["entropy"].sum(), routing["tokens"].sum()),
         "moe_dropped": (routing["dropped"].sum(), load.sum()),
         # max over layers of the busiest expert's share times E (1.0 = perfectly balanced)

@@ -26,7 +26,7 @@ from r1jax import sharding as shd
 from r1jax.data import DataIterator, load_dataset, templates
 from r1jax.errors import ConfigError
 from r1jax.metrics import Timer
-from r1jax.models import store
+from r1jax.models import moe, store
 from r1jax.rewards import get_reward_fn
 from r1jax.rl import experience, losses, objective
 from r1jax.tokenizer import load_tokenizer
@@ -206,6 +206,7 @@ class GRPO:
                     loss_type=self.loss_cfg.loss_type,
                     max_len=self.c.sampling.max_new_tokens,
                 ),
+                after_update=moe.balancing_hook(self.cfg, self.c.optim.router_bias_speed),
             )
         return self.fns["train", P]
 
