@@ -35,6 +35,7 @@ RULES: dict[str, tuple[str, ...]] = {
     "head_dim": (),
     "mlp": ("tensor",),
     "expert": ("expert",),  # MoE routed experts (r1jax/models/moe.py)
+    "lora": ("fsdp",),  # MLA's low-rank dims (kv_lora_rank, q_lora_rank)
     "norm": (),
     "seq": (),
 }

@@ -353,3 +353,30 @@ def test_balancing_bias_is_updated_after_the_optimizer_step_from_the_batch_loads
     np.testing.assert_allclose(state["params"]["moe_layers"]["router_bias"], want, atol=1e-7)
     assert "moe_load_per_expert" not in metrics
     assert not np.allclose(state["params"]["moe_layers"]["router"], lp["router"])  # trained
+
+
+def test_planner_counts_experts_and_the_mla_cache():
+    """The planner's parameter bytes count every expert and split them over the expert axis
+    (the shapes alone); its cache estimate for MLA equals eval_shape's prefill + init_suffix."""
+    from r1jax import plan as pl
+
+    v3 = get_preset("deepseek-v3", param_dtype="bfloat16")
+    one, ep = pl.abstract_mesh({}), pl.abstract_mesh({"fsdp": 8, "expert": 8})
+    experts = 3 * v3.n_experts * v3.d_model * v3.moe_d_ff * (v3.n_layers - v3.first_k_dense)
+    assert pl.param_bytes(v3, one) == 2 * tfm.count_params(v3)
+    # every weight of shape [.., D, ..] splits 8 ways over fsdp; the experts 8 more over expert
+    assert (
+        pl.param_bytes(v3, ep) < 2 * (tfm.count_params(v3) - experts) / 8 + 2 * experts / 64 + 1e9
+    )
+    cfg = ModelConfig(
+        64, 32, 2, 4, 4, 8, 48, "deepseek_v3", kv_lora_rank=16, qk_rope_dim=8, v_head_dim=12,
+    )  # fmt: skip
+    B, G, P, T = 2, 3, 8, 16
+    s = pl.Settings(B, G, P, T, micro_batch=1, decode_chunk=16)
+    tok = jax.ShapeDtypeStruct((B, P), jnp.int32)
+    _, prefix = jax.eval_shape(
+        lambda p, t: tfm.prefill(p, t, t, cfg), tfm.abstract_params(cfg), tok
+    )
+    suffix = jax.eval_shape(lambda: tfm.init_suffix(cfg, B * G, 16))
+    nbytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves((prefix, suffix)))
+    assert pl.kv_cache_bytes(cfg, one, s) == nbytes

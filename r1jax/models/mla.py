@@ -39,15 +39,15 @@ def specs(cfg: ModelConfig) -> dict:
         cfg.v_head_dim,
     )
     out = {
-        "wkv_a": (((D, "embed"), (R + Dr, None)), "normal"),
+        "wkv_a": (((D, "embed"), (R + Dr, "lora")), "normal"),
         "kv_a_norm": (((R, "norm"),), "ones"),
-        "wkv_b": (((R, None), (H, "q_heads"), (Dn + Dv, "head_dim")), "normal"),
+        "wkv_b": (((R, "lora"), (H, "q_heads"), (Dn + Dv, "head_dim")), "normal"),
         "wo": (((H, "q_heads"), (Dv, "head_dim"), (D, "embed")), "normal"),
     }
     if cfg.q_lora_rank:
-        out["wq_a"] = (((D, "embed"), (cfg.q_lora_rank, None)), "normal")
+        out["wq_a"] = (((D, "embed"), (cfg.q_lora_rank, "lora")), "normal")
         out["q_a_norm"] = (((cfg.q_lora_rank, "norm"),), "ones")
-        out["wq_b"] = (((cfg.q_lora_rank, None), (H, "q_heads"), (Dn + Dr, "head_dim")), "normal")
+        out["wq_b"] = (((cfg.q_lora_rank, "lora"), (H, "q_heads"), (Dn + Dr, "head_dim")), "normal")
     else:
         out["wq"] = (((D, "embed"), (H, "q_heads"), (Dn + Dr, "head_dim")), "normal")
     return out
