@@ -168,7 +168,7 @@ class GRPO:
         if self.loss_cfg.beta > 0:
             state["ref"] = jax.tree.map(jnp.copy, params)
         self.state = state
-        self.fns: dict = {}  # ("score" | "train", prompt length) -> jitted function
+        self.fns: dict = {}  # (scorer fn | "train", prompt length) -> jitted function
         self.timer = Timer()
 
     # -- jitted functions, built on first use for each prompt-length bucket ----------------------
@@ -180,20 +180,21 @@ class GRPO:
             vocab_chunk=self.c.vocab_chunk,
         )
 
-    def _scorer(self, P, batch_sh):
-        if ("score", P) not in self.fns:
-            self.fns["score", P] = update.make_scorer(
-                functools.partial(objective.frozen_logprobs, **self._kw(P)),
+    def _scorer(self, P, batch_sh, fn=objective.frozen_logprobs):
+        if (fn, P) not in self.fns:
+            self.fns[fn, P] = update.make_scorer(
+                functools.partial(fn, **self._kw(P)),
                 param_shardings=update.shardings_of(self.state["train"]["params"]),
                 batch_shardings=batch_sh,
             )
-        return self.fns["score", P]
+        return self.fns[fn, P]
 
     def _train_fn(self, P, batch_sh):
         if ("train", P) not in self.fns:
             self.fns["train", P] = update.make_train_step(
                 functools.partial(
                     objective.grpo_loss,
+                    routing_replay=bool(self.c.rl.get("routing_replay", False)),
                     loss_cfg=self.loss_cfg,
                     policy_loss=self.policy_loss,
                     **self._kw(P),
@@ -299,6 +300,9 @@ class GRPO:
                 rows["old_logp"] = update.unsplit(self._scorer(P, sh)(train["params"], batch))
             if "ref" in state:
                 rows["ref_logp"] = update.unsplit(self._scorer(P, sh)(state["ref"], batch))
+            if self.cfg.n_experts:  # the rollout policy's routing: replay and disagreement
+                experts = self._scorer(P, sh, objective.rollout_experts)(train["params"], batch)
+                rows["experts"] = update.unsplit(experts)
         if "future" in exp:
             self._rewards(exp, exp.pop("future"))
         batch_std = experience.batch_std(exp["total"]) if rl.adv_scale == "batch" else None
