@@ -34,6 +34,8 @@ from r1jax.tokenizer import load_tokenizer
 log = logging.getLogger(__name__)
 STEP_METRICS = ("loss", "kl", "clip_frac", "clip_frac_low", "clip_frac_high", "entropy")
 STEP_METRICS += ("grad_norm", "sampler_logp_gap")
+# Reported only by MoE policies (rl/objective.py).
+MOE_METRICS = ("routing_disagreement", "moe_router_entropy", "moe_dropped", "moe_max_load_max")
 
 
 def _need(cond: bool, field: str, msg: str):
@@ -343,6 +345,10 @@ class GRPO:
         for k in STEP_METRICS:
             has = k in updates[0]
             m[f"train/{k}"] = float(np.mean([u[k] for u in updates])) if has else float("nan")
+        for k in (k for k in MOE_METRICS if k in updates[0]):
+            m[f"train/{k}"] = float(
+                (np.max if k.endswith("_max") else np.mean)([u[k] for u in updates])
+            )
         for phase in ("rollout", "reward", "score", "update"):
             m[f"time/{phase}_s"] = t.get(phase, 0.0)
         return m
