@@ -97,6 +97,11 @@ class ModelConfig:
                 )
             if self.router not in ("softmax", "sigmoid"):
                 raise ValueError(f"ModelConfig.router={self.router!r}; expected softmax|sigmoid")
+        if self.kv_lora_rank and self.n_kv_heads != self.n_heads:
+            raise ValueError(
+                f"ModelConfig: MLA (kv_lora_rank={self.kv_lora_rank}) needs n_kv_heads="
+                f"n_heads={self.n_heads}, got {self.n_kv_heads}"
+            )
         if self.kv_lora_rank and (self.qk_rope_dim % 2 or self.v_head_dim <= 0):
             raise ValueError(
                 f"ModelConfig: MLA needs an even qk_rope_dim (got {self.qk_rope_dim}) and a "
