@@ -327,7 +327,7 @@ class UnsupportedConfigError(ValueError):
     """A config.json field asks for something this model code does not implement."""
 
 
-def _rope_fields(hf: dict, where: str) -> tuple[float, tuple | None]:
+def _rope_fields(hf: dict, where: str, yarn: bool = False) -> tuple[float, tuple | None]:
     # transformers >= 5 writes `rope_parameters`; older files have rope_theta + rope_scaling.
     params = dict(hf.get("rope_parameters") or {})
     scaling = hf.get("rope_scaling") or {}
@@ -336,7 +336,7 @@ def _rope_fields(hf: dict, where: str) -> tuple[float, tuple | None]:
     src = params if params.get("rope_type", "default") != "default" else scaling
     if kind == "default":
         return float(theta), None
-    if kind == "yarn":  # (DeepSeek-V3) returned as the rope_yarn tuple
+    if kind == "yarn" and yarn:  # (DeepSeek MLA models) returned as the rope_yarn tuple
         return float(theta), (
             float(src["factor"]),
             int(src["original_max_position_embeddings"]),
@@ -347,7 +347,7 @@ def _rope_fields(hf: dict, where: str) -> tuple[float, tuple | None]:
         )
     if kind != "llama3":
         raise UnsupportedConfigError(
-            f"{where}: rope scaling type {kind!r} is not supported (llama3, yarn and none)"
+            f"{where}: rope scaling type {kind!r} is not supported (llama3, none; yarn with MLA)"
         )
     return float(theta), (
         float(src["factor"]),
@@ -384,11 +384,9 @@ def from_hf_config(hf: dict[str, Any], where: str = "config.json", **overrides) 
     if not moe_mla and (hf.get("num_experts") or hf.get("num_local_experts")):
         raise UnsupportedConfigError(f"{where}: mixture-of-experts layers in model_type={arch!r}")
     d, heads = int(need("hidden_size")), int(need("num_attention_heads"))
-    theta, llama3 = _rope_fields(hf, where)
+    theta, llama3 = _rope_fields(hf, where, yarn="kv_lora_rank" in moe_mla)
     if llama3 is not None and len(llama3) == 6:
         moe_mla["rope_yarn"], llama3 = llama3, None
-        if "kv_lora_rank" not in moe_mla:
-            raise UnsupportedConfigError(f"{where}: yarn rope scaling without MLA")
     eos = hf.get("eos_token_id")
     eos = tuple(eos) if isinstance(eos, list) else ((eos,) if eos is not None else ())
     base = dict(n_heads=heads, n_kv_heads=int(hf.get("num_key_value_heads") or heads))

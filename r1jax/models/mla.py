@@ -113,18 +113,16 @@ def expand(latent_NSR, k_rope_NSP, lp, cfg: ModelConfig):
     return jnp.concatenate([k_nope, k_rope], axis=-1), v
 
 
-def full_attention(h_NTD, lp, positions_NT, mask_NTS, cfg: ModelConfig):
-    """Expanded-form MLA over full sequences: (o [N,T,H,v], cache [N,T,r+p]). Masking and the
-    fp32 softmax are the transformer's own attention code."""
-    from r1jax.models import transformer as tfm  # the shared blocks; tfm imports this module
-
-    q_nope, q_rope, latent, k_rope = project(
-        h_NTD, lp, positions_NT, cfg, tfm.rms_norm, tfm.apply_rope
-    )
+def full_attention(h_NTD, lp, positions_NT, mask_NTS, cfg: ModelConfig, blocks):
+    """Expanded-form MLA over full sequences: (o [N,T,H,v], cache [N,T,r+p]). `blocks`: the
+    transformer's (rms_norm, apply_rope, attention), so masking and the fp32 softmax are the
+    same code as for standard attention."""
+    rms_norm, apply_rope, attention = blocks
+    q_nope, q_rope, latent, k_rope = project(h_NTD, lp, positions_NT, cfg, rms_norm, apply_rope)
     k, v = expand(latent, k_rope, lp, cfg)
-    # tfm.attention divides by sqrt(e+p); the model's own scale (YaRN mscale) is folded into q.
+    # attention divides by sqrt(e+p); the model's own scale (YaRN mscale) is folded into q.
     q = jnp.concatenate([q_nope, q_rope], -1) * (rope(cfg)[2] * math.sqrt(k.shape[-1]))
-    o = tfm.attention(q.astype(k.dtype), k, v, mask_NTS)
+    o = attention(q.astype(k.dtype), k, v, mask_NTS)
     return o, jnp.concatenate([latent, k_rope], axis=-1)
 
 
