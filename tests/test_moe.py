@@ -26,7 +26,7 @@ decode_step = jax.jit(tfm.decode_step, static_argnums=5)
 
 def _np_moe(x, lp, cfg, bias=None):
     """Per-token reference: route each token on its own (NumPy), run its k experts one by one."""
-    out = np.zeros_like(x)
+    out, probs = np.zeros_like(x), np.zeros((x.shape[0], cfg.n_experts))
     for t in range(x.shape[0]):
         logit = x[t] @ lp["router"]
         if cfg.router == "sigmoid":
@@ -43,12 +43,13 @@ def _np_moe(x, lp, cfg, bias=None):
         per = cfg.n_experts // cfg.n_group
         eligible = np.concatenate([np.arange(g * per, (g + 1) * per) for g in groups])
         chosen = eligible[np.argsort(-choice[eligible])[: cfg.n_experts_per_tok]]
+        probs[t] = s / s.sum()
         gates = s[chosen] / (s[chosen].sum() if cfg.norm_topk_prob else 1.0)
         for e, w in zip(chosen, gates * cfg.routed_scaling):
             h = x[t] @ lp["we_gate"][e]
             h = h / (1 + np.exp(-h)) * (x[t] @ lp["we_up"][e])
             out[t] += w * (h @ lp["we_down"][e])
-    return out
+    return out, probs
 
 
 @pytest.mark.parametrize("router,groups", [("sigmoid", (4, 2)), ("softmax", (4, 2))])
@@ -71,10 +72,16 @@ def test_sorted_ragged_dispatch_equals_per_token_loop(router, groups):
     }
     x = rng.normal(size=(2, 10, 16)).astype(np.float32)
     y, routing = moe_ffn(jnp.asarray(x), jax.tree.map(jnp.asarray, lp), cfg)
-    ref = _np_moe(x.reshape(20, 16), lp, cfg, lp["router_bias"])
+    ref, probs = _np_moe(x.reshape(20, 16), lp, cfg, lp["router_bias"])
     np.testing.assert_allclose(np.asarray(y).reshape(20, 16), ref, atol=1e-4, rtol=1e-4)
-    counts = np.bincount(np.asarray(routing["experts"]).ravel(), minlength=8)
+    experts = np.asarray(routing["experts"])
+    counts = np.bincount(experts.ravel(), minlength=8)
     np.testing.assert_array_equal(np.asarray(routing["load"]), counts)
+    # Sequence-wise balance loss (DeepSeek-V3 eq. 17-20) per row: sum_e f_e P_e.
+    for n in range(2):
+        f = 8 / (2 * 10) * np.bincount(experts[n].ravel(), minlength=8)
+        p = probs.reshape(2, 10, 8)[n].mean(0)
+        np.testing.assert_allclose(routing["balance_loss_N"][n], (f * p).sum(), rtol=1e-5)
     assert float(routing["dropped"]) == 0.0  # dropless by default
 
 
@@ -385,8 +392,9 @@ def test_planner_counts_experts_and_the_mla_cache():
 
 def test_grpo_trains_an_upcycled_moe_with_replay_and_balancing(tmp_path):
     """The GRPO stage end to end on a MoE upcycled from the tiny dense test model (experts
-    copied from its MLPs with 5% noise, sigmoid router): 3 steps with routing replay run, report
-    the router metrics and the rollout/update disagreement, and move the balancing bias."""
+    copied from its MLPs with 5% noise, sigmoid router): 3 steps with routing replay and the
+    sequence-wise balance loss run, report the router metrics and the rollout/update
+    disagreement, and move the balancing bias."""
     from rl_utils import make_model_dir, tiny_config
 
     from r1jax.metrics import read_metrics
@@ -402,7 +410,8 @@ def test_grpo_trains_an_upcycled_moe_with_replay_and_balancing(tmp_path):
     params = moe.upcycle(dense, cfg, jax.random.PRNGKey(0), noise=0.05)
     moe_dir = str(tmp_path / "moe")
     store.save_model(moe_dir, params, cfg, os.path.join(tmp_path, "dense", "tok"))
-    c = tiny_config(moe_dir, steps=3, **{"rl.routing_replay": True, "optim.lr": 3e-3})
+    changes = {"rl.routing_replay": True, "rl.router_aux_coef": 1e-2, "optim.lr": 3e-3}
+    c = tiny_config(moe_dir, steps=3, **changes)
     c.ckpt_every = 10
     trainer = grpo.GRPO(c, str(tmp_path / "run"))
     trainer.run()
@@ -412,5 +421,6 @@ def test_grpo_trains_an_upcycled_moe_with_replay_and_balancing(tmp_path):
         assert 0.0 <= r["train/routing_disagreement"] <= 1.0
         assert 0.0 < r["train/moe_router_entropy"] <= math.log(4)
         assert r["train/moe_max_load_max"] >= 1.0
+        assert r["train/moe_balance_loss"] > 0  # summed over the 1 MoE layer; 1.0 = balanced
     bias = np.asarray(trainer.state["train"]["params"]["moe_layers"]["router_bias"])
     assert np.abs(bias).max() > 0  # balancing ran (speed 1e-3 per update)

@@ -167,6 +167,9 @@ def moe_ffn(x_NTD, lp, cfg: ModelConfig, valid_NT=None, replay_NTK=None):
         y = y + _swiglu(x.astype(dt), lp["ws_gate"], lp["ws_up"], lp["ws_down"], dt)
     valid = jnp.ones((n * t,), bool) if valid_NT is None else valid_NT.reshape(-1)
     stats = router_stats(experts, kept, probs, valid, cfg)
+    stats["balance_loss_N"] = sequence_balance_loss(
+        experts.reshape(n, t, -1), probs.reshape(n, t, -1), valid.reshape(n, t), cfg.n_experts
+    )
     routing = {"experts": experts.reshape(n, t, -1), "router_experts": own.reshape(n, t, -1)}
     return y.reshape(n, t, d), {**routing, **stats}
 
@@ -189,6 +192,19 @@ def router_stats(experts_TK, kept_TK, probs_TE, valid_T, cfg: ModelConfig) -> di
     dropped = jnp.sum((~kept_TK).astype(f32) * w[:, None])
     entropy = -jnp.sum(probs_TE * jnp.log(jnp.maximum(probs_TE, 1e-30)), axis=-1)
     return {"load": load, "dropped": dropped, "entropy": jnp.sum(entropy * w), "tokens": w.sum()}
+
+
+def sequence_balance_loss(experts_NTK, probs_NTE, valid_NT, n_experts: int):
+    """DeepSeek-V3's sequence-wise balance loss per row (eq. 17-20, without the coefficient):
+    sum_e f_e * P_e, f_e = E / (k * T) * #tokens sent to e, P_e = the mean normalised affinity
+    of e, both over the row's T real tokens. 1.0 when perfectly balanced."""
+    k = experts_NTK.shape[-1]
+    w = valid_NT.astype(f32)
+    count = jnp.einsum("ntke,nt->ne", jax.nn.one_hot(experts_NTK, n_experts, dtype=f32), w)
+    tokens = jnp.maximum(w.sum(-1, keepdims=True), 1.0)
+    f = n_experts / (k * tokens) * count
+    p = jnp.einsum("nte,nt->ne", probs_NTE, w) / tokens
+    return jnp.sum(f * p, axis=-1)
 
 
 def summarize(routing: dict) -> dict:

@@ -23,11 +23,15 @@ def _completion_logprobs(params, mb, *, cfg, prompt_len, temperature, vocab_chun
     )  # fmt: skip
 
 
-def grpo_loss(params, mb, ctx, *, policy_loss, loss_cfg, routing_replay=False, **model_kw):
+def grpo_loss(
+    params, mb, ctx, *, policy_loss, loss_cfg, routing_replay=False, router_aux_coef=0.0, **model_kw
+):
     """One micro-batch's share of the GRPO loss, and its metrics (entropy, sampler gap).
     `model_kw`: cfg, prompt_len, temperature, vocab_chunk (see _completion_logprobs).
     MoE: mb["experts"] [B,L_moe,S,k] (the rollout's choices, `rollout_experts`) are replayed if
-    routing_replay, and their disagreement with the current router is reported either way."""
+    routing_replay, and their disagreement with the current router is reported either way;
+    router_aux_coef > 0 adds DeepSeek-V3's sequence-wise balance loss (mean over rows, summed
+    over MoE layers) times it."""
     del ctx
     if model_kw["cfg"].n_experts:
         logp, ent, metrics = _moe_logprobs(params, mb, routing_replay, model_kw)
@@ -38,6 +42,9 @@ def grpo_loss(params, mb, ctx, *, policy_loss, loss_cfg, routing_replay=False, *
         logp, mb.get("old_logp"), mb.get("ref_logp"), mb["adv"], mb["mask"], mb["weight"], loss_cfg
     )
     metrics = {**pl_metrics, **metrics}
+    balance = metrics.pop("moe_balance_loss_N", None)  # [B]
+    if router_aux_coef and balance is not None:  # a mean over the whole batch's rows
+        loss = loss + router_aux_coef * jnp.sum(balance * mb["row_weight"])
     m = mb["mask"].astype(jnp.float32)
     metrics["entropy"] = ((jax.lax.stop_gradient(ent) * m).sum(), m.sum())
     gap = jnp.abs(jax.lax.stop_gradient(logp) - mb["sampler_logp"]) * m
@@ -50,7 +57,10 @@ def token_weights(batch, *, loss_type, max_len):
     """`prepare` for the update: the loss normaliser of the whole minibatch, per token."""
     mask = batch["mask"]
     w = losses.token_weights(mask.reshape(-1, mask.shape[-1]), loss_type, max_len=max_len)
-    return {**batch, "weight": w.reshape(mask.shape)}, {}
+    row_weight = jnp.full(
+        mask.shape[:-1], 1.0 / (mask.shape[0] * mask.shape[1])
+    )  # [n_micro, micro]
+    return {**batch, "weight": w.reshape(mask.shape), "row_weight": row_weight}, {}
 
 
 def frozen_logprobs(params, mb, **model_kw):
@@ -68,7 +78,10 @@ def _moe_logprobs(params, mb, replay: bool, model_kw):
         replay=layers_first if replay else None, **model_kw,
     )  # fmt: skip
     load = routing["load"]  # [L,E]
+    balance = routing["balance_loss_N"].sum(0)  # [B], summed over MoE layers
     metrics = {
+        "moe_balance_loss": (balance.sum(), jnp.float32(balance.shape[0])),
+        "moe_balance_loss_N": balance,  # popped by grpo_loss
         "moe_load_per_expert": (load, jnp.ones(())),  # for the balancing bias (update.py)
         "moe_router_entropy": (routing["entropy"].sum(), routing["tokens"].sum()),
         "moe_dropped": (routing["dropped"].sum(), load.sum()),

@@ -36,6 +36,7 @@ STEP_METRICS = ("loss", "kl", "clip_frac", "clip_frac_low", "clip_frac_high", "e
 STEP_METRICS += ("grad_norm", "sampler_logp_gap")
 # Reported only by MoE policies (rl/objective.py).
 MOE_METRICS = ("routing_disagreement", "moe_router_entropy", "moe_dropped", "moe_max_load_max")
+MOE_METRICS += ("moe_balance_loss",)
 
 
 def _need(cond: bool, field: str, msg: str):
@@ -197,6 +198,7 @@ class GRPO:
                 functools.partial(
                     objective.grpo_loss,
                     routing_replay=bool(self.c.rl.get("routing_replay", False)),
+                    router_aux_coef=float(self.c.rl.get("router_aux_coef", 0.0)),
                     loss_cfg=self.loss_cfg,
                     policy_loss=self.policy_loss,
                     **self._kw(P),
