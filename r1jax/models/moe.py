@@ -17,6 +17,12 @@ assignments (earliest tokens first) and the rest contribute nothing (their token
 residual and the shared experts): the GShard/Switch semantics, reported as `dropped`; shapes stay
 static, so this changes the result, not the compute.
 
+Expert parallelism: with a mesh set (jax.set_mesh) whose "expert" axis is > 1, each device runs
+its own experts over its batch shard's tokens and one psum adds the partial outputs (see
+routed_experts). Balancing: update_router_bias / balancing_hook (after each optimizer step,
+from the step's loads), sequence_balance_loss (optional auxiliary loss). GRPO: routing replay
+(moe_ffn's replay_NTK) and `disagreement`.
+
 Einsum letters: t tokens (rows x positions flattened), d model, e experts, f expert hidden,
 k experts per token, a assignments (t*k).
 """
