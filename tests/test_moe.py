@@ -221,6 +221,11 @@ def test_preset_parameter_counts_from_shapes_alone():
         assert abs(n - total) / total < 0.005, (name, n)
         digits = 0 if active > 10e9 else 1
         assert math.floor(a / 1e9 * 10**digits) == round(active / 1e9 * 10**digits), (name, a)
+    # Moonlight's report counts without the embedding and the LM head: 15.29B / 2.24B.
+    moon = get_preset("moonlight-16b-a3b")
+    emb = 2 * moon.vocab_size * moon.d_model
+    assert round((tfm.count_params(moon) - emb) / 1e9, 2) == 15.29
+    assert round((tfm.count_active_params(moon) - emb) / 1e9, 2) == 2.24
 
 
 def test_expert_parallel_equals_single_device():

@@ -263,7 +263,8 @@ PRESETS.update(
             rope_yarn=(40.0, 4096, 32.0, 1.0, 0.707, 0.707),
             **_DEEPSEEK_MLA,
         ),  # fmt: skip
-        # moonshotai/Moonlight-16B-A3B: the DeepSeek-V3 architecture at V2-Lite size.
+        # moonshotai/Moonlight-16B-A3B: the DeepSeek-V3 architecture at V2-Lite size; reported
+        # as 15.29B total / 2.24B activated without the embedding and LM head (both matched).
         "moonlight-16b-a3b": ModelConfig(
             163_840,
             2048,
