@@ -76,7 +76,14 @@ def make_optimizer(ocfg) -> tuple[optax.GradientTransformation, optax.Schedule]:
         if warmup
         else after
     )
-    tx = optax.adamw(sched, b1=ocfg.b1, b2=ocfg.b2, eps=ocfg.eps, weight_decay=ocfg.weight_decay)
+    tx = optax.adamw(
+        sched,
+        b1=ocfg.b1,
+        b2=ocfg.b2,
+        eps=ocfg.eps,
+        weight_decay=ocfg.weight_decay,
+        mask=_decayed if ocfg.weight_decay else None,
+    )
     if ocfg.grad_clip:
         tx = optax.chain(optax.clip_by_global_norm(ocfg.grad_clip), tx)
     return tx, sched
@@ -90,6 +97,13 @@ def all_finite(tree) -> jax.Array:
         if jnp.issubdtype(jnp.asarray(x).dtype, jnp.inexact)
     ]
     return jnp.stack(flags).all() if flags else jnp.bool_(True)
+
+def _decayed(params):
+    """Weight decay on every parameter but an MoE router's balancing bias (not trained by
+    gradients: models/moe.py update_router_bias moves it)."""
+    return jax.tree_util.tree_map_with_path(
+        lambda path, _: "router_bias" not in jax.tree_util.keystr(path), params
+    )
 
 
 def apply_if_finite(state: dict, grads, loss, optimizer) -> tuple[dict, dict]:

@@ -217,6 +217,8 @@ def kv_cache_bytes(cfg: ModelConfig, mesh, s: Settings) -> int:
     b, t_pad = _local("batch", s.num_prompts, mesh), _t_pad(s)
     kt, c = _local("kv_heads", cfg.n_kv_heads, mesh), jnp.dtype(cfg.dtype).itemsize
     per_pos = 2 * cfg.n_layers * kt * cfg.head_dim * c
+    if cfg.kv_lora_rank:  # MLA: the latent and the RoPE key, replicated over heads' devices
+        per_pos = cfg.n_layers * (cfg.kv_lora_rank + cfg.qk_rope_dim) * c
     if s.slots:
         return _local("batch", s.slots, mesh) * (s.prompt_len + t_pad) * (per_pos + 1)
     prefix = b * s.prompt_len * (per_pos + 1) + b * 4  # + bool mask, int32 length
@@ -367,7 +369,8 @@ def plan(
     return Plan(
         label=label,
         target=tgt,
-        mesh={a: am.shape[a] for a in shd.MESH_AXES},
+        # the expert axis is reported only when used (MoE)
+        mesh={a: am.shape[a] for a in shd.MESH_AXES if a != "expert" or am.shape[a] > 1},
         remat=cfg.remat,
         params=params,
         opt_state=opt_state_bytes(cfg, am, optimizer),
@@ -473,7 +476,8 @@ def format_table(plans) -> str:
         [
             p.label,
             p.target.name,
-            "/".join(str(p.mesh[a]) for a in shd.MESH_AXES),
+            "/".join(str(p.mesh[a]) for a in ("data", "fsdp", "tensor"))
+            + (f" x{p.mesh['expert']} experts" if "expert" in p.mesh else ""),
             *(_gib(getattr(p, f)) for f in _FIELDS),
             "yes" if p.fits else "NO",
         ]

@@ -7,7 +7,8 @@ dropped for a tensor whose dimension the mesh axis does not divide (e.g. 2 KV he
 along that mesh axis.
 
 Mesh axes: "data" (pure data parallel: batch only), "fsdp" (batch and parameters, ZeRO-3
-style), "tensor" (heads, MLP and vocabulary: Megatron style).
+style), "tensor" (heads, MLP and vocabulary: Megatron style), "expert" (MoE routed experts;
+tokens are not split over it: each device runs its experts' share of its batch shard).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from r1jax.errors import ConfigError
 
-MESH_AXES = ("data", "fsdp", "tensor")
+MESH_AXES = ("data", "fsdp", "tensor", "expert")
 
 # logical axis -> mesh axes it is split over, in order of preference.
 RULES: dict[str, tuple[str, ...]] = {
@@ -33,6 +34,8 @@ RULES: dict[str, tuple[str, ...]] = {
     "kv_heads": ("tensor",),
     "head_dim": (),
     "mlp": ("tensor",),
+    "expert": ("expert",),  # MoE routed experts (r1jax/models/moe.py)
+    "lora": ("fsdp",),  # MLA's low-rank dims (kv_lora_rank, q_lora_rank)
     "norm": (),
     "seq": (),
 }

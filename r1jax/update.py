@@ -231,13 +231,16 @@ def make_train_step(
 
         zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, f32), params)
         grads, metrics = jax.lax.scan(accumulate, zeros, batch)
+        # *_per_expert metrics (an MoE's loads [L,E]) are summed over micro-batches only and go
+        # to after_update, not to the caller.
+        vectors = {k: metrics.pop(k)[0].sum(0) for k in list(metrics) if k.endswith("_per_expert")}
         metrics = losses.finalize_metrics(metrics)
         new_state, m = optim.apply_if_finite(state, grads, metrics["loss"], optimizer)
         if "extra" in state:
             new_state["extra"] = state["extra"]
         metrics = {**metrics, **m, **ctx}
         if after_update is not None:
-            new_state = after_update(new_state, metrics)
+            new_state = after_update(new_state, {**metrics, **vectors})
         return new_state, metrics
 
     return jax.jit(

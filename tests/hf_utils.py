@@ -49,6 +49,83 @@ TINY_HF = {
             original_max_position_embeddings=16,
         ),
     ),
+    # MoE/MLA (tests/test_moe.py): several routed experts, shared experts, dense first layers,
+    # group-limited routing (V2 softmax max-per-group, V3 sigmoid top-2-sum with the bias),
+    # q low-rank (V3) and full-rank (V2) queries, value size != key size, YaRN with mscale.
+    "qwen3_moe": dict(
+        model_type="qwen3_moe",
+        hidden_size=32,
+        intermediate_size=48,
+        moe_intermediate_size=16,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        num_experts=8,
+        num_experts_per_tok=2,
+        norm_topk_prob=True,
+        vocab_size=96,
+        tie_word_embeddings=False,
+        rope_theta=1e6,
+    ),
+    "deepseek_v2": dict(
+        model_type="deepseek_v2",
+        hidden_size=32,
+        intermediate_size=48,
+        moe_intermediate_size=16,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        n_routed_experts=8,
+        n_shared_experts=2,
+        num_experts_per_tok=2,
+        first_k_dense_replace=1,
+        topk_method="group_limited_greedy",
+        n_group=4,
+        topk_group=2,
+        routed_scaling_factor=1.5,
+        q_lora_rank=None,
+        kv_lora_rank=16,
+        qk_rope_head_dim=8,
+        qk_nope_head_dim=8,
+        v_head_dim=12,
+        vocab_size=96,
+        tie_word_embeddings=False,
+    ),
+    "deepseek_v3": dict(
+        model_type="deepseek_v3",
+        hidden_size=32,
+        intermediate_size=48,
+        moe_intermediate_size=16,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        n_routed_experts=8,
+        n_shared_experts=1,
+        num_experts_per_tok=2,
+        first_k_dense_replace=1,
+        n_group=4,
+        topk_group=2,
+        routed_scaling_factor=2.5,
+        norm_topk_prob=True,
+        q_lora_rank=24,
+        kv_lora_rank=16,
+        qk_rope_head_dim=8,
+        qk_nope_head_dim=8,
+        v_head_dim=12,
+        vocab_size=96,
+        tie_word_embeddings=False,
+        max_position_embeddings=32,  # = factor * original, as transformers expects
+        rope_scaling=dict(
+            rope_type="yarn",
+            factor=4.0,
+            original_max_position_embeddings=8,
+            beta_fast=32,
+            beta_slow=1,
+            mscale=0.9,
+            mscale_all_dim=1.0,
+        ),
+    ),
 }
 
 
@@ -65,6 +142,9 @@ def make_hf_model(path, kind, init_std=0.02, seed=0, vocab=None, bos=None, eos=N
         "qwen2": transformers.Qwen2Config,
         "qwen3": transformers.Qwen3Config,
         "llama": transformers.LlamaConfig,
+        "qwen3_moe": transformers.Qwen3MoeConfig,
+        "deepseek_v2": transformers.DeepseekV2Config,
+        "deepseek_v3": transformers.DeepseekV3Config,
     }[kind]
     config = cls(
         **kw, initializer_range=init_std, bos_token_id=bos, eos_token_id=eos, pad_token_id=None
@@ -76,6 +156,9 @@ def make_hf_model(path, kind, init_std=0.02, seed=0, vocab=None, bos=None, eos=N
         for name, p in model.named_parameters():
             if "norm" in name or name.endswith("bias"):
                 p.add_(0.1 * torch.randn_like(p))
+        for name, b in model.named_buffers():  # DeepSeek-V3's balancing bias: make it matter
+            if name.endswith("e_score_correction_bias"):
+                b.copy_(0.3 * torch.randn_like(b))
     model.eval()
     model.save_pretrained(path)
     return model

@@ -141,6 +141,11 @@ PUBLISHED = {
     "llama3.1-8b": 8.03,
     "r1-distill-qwen-1.5b": 1.78,
     "r1-distill-qwen-7b": 7.62,
+    # MoE totals (activated counts: tests/test_moe.py); DeepSeek-V3 without its MTP module.
+    "deepseek-v3": 671.0,
+    "deepseek-v2-lite": 15.7,
+    "moonlight-16b-a3b": 16.0,
+    "qwen3-30b-a3b": 30.5,
 }
 
 

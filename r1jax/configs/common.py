@@ -145,6 +145,9 @@ def optim(**overrides) -> dict:
         eps=1e-8,
         grad_clip=1.0,  # 0 turns clipping off
         total_steps=0,
+        # MoE with a sigmoid router (DeepSeek-V3): the balancing bias moves by this much per
+        # step against each expert's load (auxiliary-loss-free balancing); 0 freezes it.
+        router_bias_speed=1e-3,
     )
     unknown = sorted(set(overrides) - set(base))
     if unknown:

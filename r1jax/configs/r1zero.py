@@ -80,6 +80,10 @@ def get_config(arg=None):
         ref_reset_every=400,  # steps; 0 = never
         dynamic_sampling=False,  # DAPO: drop zero-variance groups and draw more
         max_gen_batches=1,
+        # MoE: route the update with the rollout's expert choices (routing replay); their
+        # disagreement with the updated router is reported as routing_disagreement either way.
+        routing_replay=False,
+        router_aux_coef=0.0,  # MoE: DeepSeek-V3's sequence-wise balance loss (V3 used 1e-4)
     )
     c.micro_batch = 8  # rows per forward/backward; gradients accumulate exactly
     c.vocab_chunk = 8192  # log-probs over vocabulary chunks: no [rows, T, V] logits

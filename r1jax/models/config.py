@@ -19,6 +19,9 @@ ARCHITECTURES = {  # model_type -> HF architectures entry
     "qwen2": "Qwen2ForCausalLM",
     "qwen3": "Qwen3ForCausalLM",
     "llama": "LlamaForCausalLM",
+    "qwen3_moe": "Qwen3MoeForCausalLM",
+    "deepseek_v2": "DeepseekV2ForCausalLM",
+    "deepseek_v3": "DeepseekV3ForCausalLM",
 }
 
 
@@ -56,6 +59,27 @@ class ModelConfig:
     attention_block_kv: int = 512  # keys per block; also auto's dense limit
     bos_id: int | None = None
     eos_ids: tuple[int, ...] = ()
+    # Mixture of experts (r1jax/models/moe.py); n_experts = 0: every layer has a dense MLP.
+    n_experts: int = 0  # E routed experts per MoE layer
+    n_experts_per_tok: int = 0  # k experts chosen per token
+    moe_d_ff: int = 0  # hidden size of one routed expert
+    n_shared_experts: int = 0  # shared experts, run as one MLP of n_shared_experts * moe_d_ff
+    first_k_dense: int = 0  # the first layers keep a dense MLP of d_ff (DeepSeek)
+    router: str = "softmax"  # "softmax" (V2, Qwen3-MoE) | "sigmoid" (V3, with a balancing bias)
+    n_group: int = 1  # group-limited routing: experts in n_group groups ...
+    topk_group: int = 1  # ... of which each token may use topk_group
+    norm_topk_prob: bool = False  # renormalise the chosen gates to sum 1
+    routed_scaling: float = 1.0  # gates times this
+    capacity_factor: float = 0.0  # 0: dropless; c > 0: an expert keeps ceil(c*T*k/E) tokens
+    # Multi-head latent attention (r1jax/models/mla.py); kv_lora_rank = 0: standard attention.
+    # With MLA, head_dim is the non-RoPE query/key part (qk_nope_head_dim) and n_kv_heads=n_heads.
+    kv_lora_rank: int = 0  # the cached latent's size
+    q_lora_rank: int = 0  # 0: a full-rank query projection (DeepSeek-V2-Lite)
+    qk_rope_dim: int = 0  # the decoupled RoPE part of each query and the shared RoPE key
+    v_head_dim: int = 0
+    # YaRN (factor, original_max_positions, beta_fast, beta_slow, mscale, mscale_all_dim).
+    rope_yarn: tuple[float, int, float, float, float, float] | None = None
+    rope_interleave: bool = False  # HF stores the RoPE dims interleaved (import/export only)
 
     def __post_init__(self):
         for name in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim"):
@@ -75,6 +99,31 @@ class ModelConfig:
         for name in ("attention_block_q", "attention_block_kv"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"ModelConfig.{name} must be positive, got {getattr(self, name)}")
+
+        if self.n_experts:
+            k, g = self.n_experts_per_tok, self.n_group
+            if not 0 < k <= self.n_experts or self.moe_d_ff <= 0:
+                raise ValueError(
+                    f"ModelConfig: n_experts_per_tok={k} must be in 1..n_experts="
+                    f"{self.n_experts} and moe_d_ff={self.moe_d_ff} positive"
+                )
+            if self.n_experts % g or not 0 < self.topk_group <= g:
+                raise ValueError(
+                    f"ModelConfig: n_group={g} must divide n_experts={self.n_experts} and "
+                    f"topk_group={self.topk_group} be in 1..n_group"
+                )
+            if self.router not in ("softmax", "sigmoid"):
+                raise ValueError(f"ModelConfig.router={self.router!r}; expected softmax|sigmoid")
+        if self.kv_lora_rank and self.n_kv_heads != self.n_heads:
+            raise ValueError(
+                f"ModelConfig: MLA (kv_lora_rank={self.kv_lora_rank}) needs n_kv_heads="
+                f"n_heads={self.n_heads}, got {self.n_kv_heads}"
+            )
+        if self.kv_lora_rank and (self.qk_rope_dim % 2 or self.v_head_dim <= 0):
+            raise ValueError(
+                f"ModelConfig: MLA needs an even qk_rope_dim (got {self.qk_rope_dim}) and a "
+                f"positive v_head_dim (got {self.v_head_dim})"
+            )
         if self.arch not in ARCHITECTURES:
             raise ValueError(
                 f"ModelConfig.arch={self.arch!r}; expected one of {list(ARCHITECTURES)}"
@@ -180,13 +229,122 @@ def check_context(cfg: ModelConfig, prompt_len: int, max_new_tokens: int, where:
     max_position_embeddings): positions past it were never trained. RoPE scaling (rope_llama3)
     is the configured way to go further, so with it nothing is checked."""
     total = prompt_len + max_new_tokens
-    if total > cfg.max_seq_len and cfg.rope_llama3 is None:
+    if total > cfg.max_seq_len and cfg.rope_llama3 is None and cfg.rope_yarn is None:
         raise ConfigError(
             f"{where or 'config'}: config.sampling.max_prompt_len ({prompt_len}) + "
             f"config.sampling.max_new_tokens ({max_new_tokens}) = {total} exceeds the model's "
             f"context max_seq_len (max_position_embeddings) = {cfg.max_seq_len}; lower them, or "
             "use a longer-context base or configure RoPE scaling (model.overrides.rope_llama3)"
         )
+
+# MoE presets: values from each model's config.json on the Hugging Face Hub (repo named in the
+# comment); the multi-token-prediction layer of DeepSeek-V3 is not part of the model.
+_DEEPSEEK_MLA = dict(kv_lora_rank=512, qk_rope_dim=64, v_head_dim=128, rope_interleave=True)
+PRESETS.update(
+    {
+        # deepseek-ai/DeepSeek-V3 (and -R1, -R1-Zero, -V3-Base): 671B total, 37B activated.
+        "deepseek-v3": ModelConfig(
+            129_280,
+            7168,
+            61,
+            128,
+            128,
+            128,
+            18_432,
+            "deepseek_v3",
+            10_000.0,
+            rms_eps=1e-6,
+            max_seq_len=163_840,
+            bos_id=0,
+            eos_ids=(1,),
+            n_experts=256,
+            n_experts_per_tok=8,
+            moe_d_ff=2048,
+            n_shared_experts=1,
+            first_k_dense=3,
+            router="sigmoid",
+            n_group=8,
+            topk_group=4,
+            norm_topk_prob=True,
+            routed_scaling=2.5,
+            q_lora_rank=1536,
+            rope_yarn=(40.0, 4096, 32.0, 1.0, 1.0, 1.0),
+            **_DEEPSEEK_MLA,
+        ),  # fmt: skip
+        # deepseek-ai/DeepSeek-V2-Lite: 15.7B total, 2.4B activated; full-rank queries.
+        "deepseek-v2-lite": ModelConfig(
+            102_400,
+            2048,
+            27,
+            16,
+            16,
+            128,
+            10_944,
+            "deepseek_v2",
+            10_000.0,
+            rms_eps=1e-6,
+            max_seq_len=163_840,
+            bos_id=100_000,
+            eos_ids=(100_001,),
+            n_experts=64,
+            n_experts_per_tok=6,
+            moe_d_ff=1408,
+            n_shared_experts=2,
+            first_k_dense=1,
+            router="softmax",
+            routed_scaling=1.0,
+            rope_yarn=(40.0, 4096, 32.0, 1.0, 0.707, 0.707),
+            **_DEEPSEEK_MLA,
+        ),  # fmt: skip
+        # moonshotai/Moonlight-16B-A3B: the DeepSeek-V3 architecture at V2-Lite size; reported
+        # as 15.29B total / 2.24B activated without the embedding and LM head (both matched).
+        "moonlight-16b-a3b": ModelConfig(
+            163_840,
+            2048,
+            27,
+            16,
+            16,
+            128,
+            11_264,
+            "deepseek_v3",
+            50_000.0,
+            rms_eps=1e-5,
+            max_seq_len=8192,
+            bos_id=163_584,
+            eos_ids=(163_585,),
+            n_experts=64,
+            n_experts_per_tok=6,
+            moe_d_ff=1408,
+            n_shared_experts=2,
+            first_k_dense=1,
+            router="sigmoid",
+            norm_topk_prob=True,
+            routed_scaling=2.446,
+            **_DEEPSEEK_MLA,
+        ),  # fmt: skip
+        # Qwen/Qwen3-30B-A3B: 30.5B total, 3.3B activated; no shared expert.
+        "qwen3-30b-a3b": ModelConfig(
+            151_936,
+            2048,
+            48,
+            32,
+            4,
+            128,
+            6144,
+            "qwen3_moe",
+            1e6,
+            qk_norm=True,
+            rms_eps=1e-6,
+            max_seq_len=40_960,
+            bos_id=151_643,
+            eos_ids=(151_645,),
+            n_experts=128,
+            n_experts_per_tok=8,
+            moe_d_ff=768,
+            norm_topk_prob=True,
+        ),  # fmt: skip
+    }
+)
 
 
 def get_preset(name: str, **overrides) -> ModelConfig:
@@ -203,7 +361,7 @@ class UnsupportedConfigError(ValueError):
     """A config.json field asks for something this model code does not implement."""
 
 
-def _rope_fields(hf: dict, where: str) -> tuple[float, tuple | None]:
+def _rope_fields(hf: dict, where: str, yarn: bool = False) -> tuple[float, tuple | None]:
     # transformers >= 5 writes `rope_parameters`; older files have rope_theta + rope_scaling.
     params = dict(hf.get("rope_parameters") or {})
     scaling = hf.get("rope_scaling") or {}
@@ -212,9 +370,18 @@ def _rope_fields(hf: dict, where: str) -> tuple[float, tuple | None]:
     src = params if params.get("rope_type", "default") != "default" else scaling
     if kind == "default":
         return float(theta), None
+    if kind == "yarn" and yarn:  # (DeepSeek MLA models) returned as the rope_yarn tuple
+        return float(theta), (
+            float(src["factor"]),
+            int(src["original_max_position_embeddings"]),
+            float(src.get("beta_fast") or 32),
+            float(src.get("beta_slow") or 1),
+            float(src.get("mscale") or 0),
+            float(src.get("mscale_all_dim") or 0),
+        )
     if kind != "llama3":
         raise UnsupportedConfigError(
-            f"{where}: rope scaling type {kind!r} is not supported (only 'llama3' and none)"
+            f"{where}: rope scaling type {kind!r} is not supported (llama3, none; yarn with MLA)"
         )
     return float(theta), (
         float(src["factor"]),
@@ -247,33 +414,86 @@ def from_hf_config(hf: dict[str, Any], where: str = "config.json", **overrides) 
         raise UnsupportedConfigError(f"{where}: mlp_bias=true is not supported")
     if arch != "qwen2" and hf.get("attention_bias"):
         raise UnsupportedConfigError(f"{where}: attention_bias=true (with o_proj bias)")
-    if hf.get("num_experts") or hf.get("num_local_experts"):
-        raise UnsupportedConfigError(f"{where}: mixture-of-experts layers are not supported")
+    moe_mla = _moe_mla_fields(hf, arch, where) if arch in _MOE_ARCHS else {}
+    if not moe_mla and (hf.get("num_experts") or hf.get("num_local_experts")):
+        raise UnsupportedConfigError(f"{where}: mixture-of-experts layers in model_type={arch!r}")
     d, heads = int(need("hidden_size")), int(need("num_attention_heads"))
-    theta, llama3 = _rope_fields(hf, where)
+    theta, llama3 = _rope_fields(hf, where, yarn="kv_lora_rank" in moe_mla)
+    if llama3 is not None and len(llama3) == 6:
+        moe_mla["rope_yarn"], llama3 = llama3, None
     eos = hf.get("eos_token_id")
     eos = tuple(eos) if isinstance(eos, list) else ((eos,) if eos is not None else ())
+    base = dict(n_heads=heads, n_kv_heads=int(hf.get("num_key_value_heads") or heads))
+    base["head_dim"] = int(hf.get("head_dim") or d // heads)
+    base.update({k: moe_mla.pop(k) for k in list(base) if k in moe_mla})
     cfg = ModelConfig(
         vocab_size=int(need("vocab_size")),
         d_model=d,
         n_layers=int(need("num_hidden_layers")),
-        n_heads=heads,
-        n_kv_heads=int(hf.get("num_key_value_heads") or heads),
-        head_dim=int(hf.get("head_dim") or d // heads),
+        **base,
         d_ff=int(need("intermediate_size")),
         arch=arch,
         rope_theta=theta,
         rope_llama3=llama3,
         rms_eps=float(hf.get("rms_norm_eps", 1e-6)),
         qkv_bias=arch == "qwen2",
-        qk_norm=arch == "qwen3",
+        qk_norm=arch in ("qwen3", "qwen3_moe"),
         tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
         max_seq_len=int(hf.get("max_position_embeddings", 32_768)),
         init_std=float(hf.get("initializer_range", 0.02)),
         bos_id=hf.get("bos_token_id"),
         eos_ids=eos,
+        **moe_mla,
     )
     return cfg.replace(**overrides)
+
+
+_MOE_ARCHS = ("qwen3_moe", "deepseek_v2", "deepseek_v3")
+
+
+def _moe_mla_fields(hf: dict, arch: str, where: str) -> dict:
+    """ModelConfig fields of the MoE (and, for DeepSeek, MLA) parts of a config.json."""
+    if arch == "qwen3_moe":
+        if hf.get("mlp_only_layers") or hf.get("decoder_sparse_step", 1) != 1:
+            raise UnsupportedConfigError(f"{where}: mlp_only_layers / decoder_sparse_step != 1")
+        return dict(
+            n_experts=int(hf.get("num_experts") or hf["num_local_experts"]),
+            n_experts_per_tok=int(hf["num_experts_per_tok"]),
+            moe_d_ff=int(hf["moe_intermediate_size"]),
+            norm_topk_prob=bool(hf.get("norm_topk_prob", False)),
+        )
+    method = hf.get("topk_method") or ("noaux_tc" if arch == "deepseek_v3" else "greedy")
+    if method not in ("greedy", "group_limited_greedy", "noaux_tc"):
+        raise UnsupportedConfigError(f"{where}: topk_method={method!r}")
+    if hf.get("scoring_func", "softmax" if method != "noaux_tc" else "sigmoid") != (
+        "sigmoid" if method == "noaux_tc" else "softmax"
+    ):
+        raise UnsupportedConfigError(f"{where}: scoring_func={hf['scoring_func']!r}")
+    grouped = method != "greedy"
+    heads = int(hf["num_attention_heads"])
+    if int(hf.get("num_key_value_heads") or heads) != heads:
+        raise UnsupportedConfigError(f"{where}: MLA with num_key_value_heads != heads")
+    return dict(
+        n_heads=heads,
+        n_kv_heads=heads,
+        n_experts=int(hf["n_routed_experts"]),
+        n_experts_per_tok=int(hf["num_experts_per_tok"]),
+        moe_d_ff=int(hf["moe_intermediate_size"]),
+        n_shared_experts=int(hf.get("n_shared_experts") or 0),
+        first_k_dense=int(hf.get("first_k_dense_replace") or 0),
+        router="sigmoid" if method == "noaux_tc" else "softmax",
+        n_group=int(hf.get("n_group") or 1) if grouped else 1,
+        topk_group=int(hf.get("topk_group") or 1) if grouped else 1,
+        norm_topk_prob=bool(hf.get("norm_topk_prob", False)),
+        routed_scaling=float(hf.get("routed_scaling_factor") or 1.0),
+        kv_lora_rank=int(hf["kv_lora_rank"]),
+        q_lora_rank=int(hf.get("q_lora_rank") or 0),
+        qk_rope_dim=int(hf["qk_rope_head_dim"]),
+        head_dim=int(hf["qk_nope_head_dim"]),
+        v_head_dim=int(hf["v_head_dim"]),
+        # transformers' DeepseekV2 always rotates interleaved pairs (complex multiply).
+        rope_interleave=bool(hf.get("rope_interleave", True)),
+    )
 
 
 def to_hf_config(cfg: ModelConfig, dtype: str = "float32") -> dict[str, Any]:
@@ -313,8 +533,43 @@ def to_hf_config(cfg: ModelConfig, dtype: str = "float32") -> dict[str, Any]:
         "torch_dtype": dtype,
         "dtype": dtype,
     }
-    if cfg.rope_llama3:
+    if cfg.rope_yarn:
+        factor, orig, fast, slow, mscale, mscale_all = cfg.rope_yarn
+        rope.update(rope_type="yarn", factor=factor, original_max_position_embeddings=orig)
+        rope.update(beta_fast=fast, beta_slow=slow, mscale=mscale, mscale_all_dim=mscale_all)
+    if cfg.rope_llama3 or cfg.rope_yarn:
         hf["rope_scaling"] = {k: v for k, v in rope.items() if k != "rope_theta"}
+    if cfg.arch == "qwen3_moe":
+        hf.update(
+            num_experts=cfg.n_experts,
+            num_experts_per_tok=cfg.n_experts_per_tok,
+            moe_intermediate_size=cfg.moe_d_ff,
+            norm_topk_prob=cfg.norm_topk_prob,
+            decoder_sparse_step=1,
+            mlp_only_layers=[],
+        )
+    elif cfg.arch in _MOE_ARCHS:
+        method = "noaux_tc" if cfg.router == "sigmoid" else "greedy"
+        method = "group_limited_greedy" if method == "greedy" and cfg.n_group > 1 else method
+        hf.update(
+            n_routed_experts=cfg.n_experts,
+            num_experts_per_tok=cfg.n_experts_per_tok,
+            moe_intermediate_size=cfg.moe_d_ff,
+            n_shared_experts=cfg.n_shared_experts,
+            first_k_dense_replace=cfg.first_k_dense,
+            topk_method=method,
+            n_group=cfg.n_group,
+            topk_group=cfg.topk_group,
+            norm_topk_prob=cfg.norm_topk_prob,
+            routed_scaling_factor=cfg.routed_scaling,
+            kv_lora_rank=cfg.kv_lora_rank,
+            q_lora_rank=cfg.q_lora_rank or None,
+            qk_rope_head_dim=cfg.qk_rope_dim,
+            qk_nope_head_dim=cfg.head_dim,
+            v_head_dim=cfg.v_head_dim,
+            head_dim=cfg.qk_rope_dim,  # what transformers writes for DeepSeek
+            rope_interleave=cfg.rope_interleave,
+        )
     return hf
 
 

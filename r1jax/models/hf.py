@@ -42,7 +42,13 @@ from r1jax.models import config as config_lib
 from r1jax.models import transformer as tfm
 from r1jax.models.config import ModelConfig
 
-_DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16}
+_DTYPES = {
+    "F32": np.float32,
+    "F16": np.float16,
+    "BF16": ml_dtypes.bfloat16,
+    "F8_E4M3": ml_dtypes.float8_e4m3fn,  # DeepSeek-V3/R1 release weights, with block scales
+}
+FP8_BLOCK = 128  # the official DeepSeek-V3 checkpoints' weight_block_size is [128, 128]
 _SAVE_DTYPES = {"float32": "F32", "bfloat16": "BF16", "float16": "F16"}
 # safetensors' Dtype enum order; its writer puts larger ones first (alignment), then sorts by name.
 _DTYPE_RANK = {"F16": 0, "BF16": 1, "F32": 2}
@@ -152,17 +158,24 @@ class Entry:
     to_ours: Callable[[np.ndarray], np.ndarray]
     to_hf: Callable[[np.ndarray], np.ndarray]
     stacked: bool
+    experts: int = 0  # > 0: names[i] is a tuple of one HF tensor per expert, stacked on axis 1
+
+    @property
+    def lead(self) -> int:  # our leading axes that index HF tensors (layer, expert)
+        return int(self.stacked) + int(self.experts > 0)
+
+    def flat_names(self):
+        return [n for ns in self.names for n in (ns if self.experts else (ns,))]
 
 
 def layout(cfg: ModelConfig) -> list[Entry]:
-    D, H, K, Dh, F, V, L = (
+    D, H, K, Dh, F, V = (
         cfg.d_model,
         cfg.n_heads,
         cfg.n_kv_heads,
         cfg.head_dim,
         cfg.d_ff,
         cfg.vocab_size,
-        cfg.n_layers,
     )
     ident = lambda x: x  # noqa: E731
     T = lambda x: x.T  # noqa: E731
@@ -194,23 +207,121 @@ def layout(cfg: ModelConfig) -> list[Entry]:
         "q_norm": ("self_attn.q_norm.weight", (Dh,), ident, ident),
         "k_norm": ("self_attn.k_norm.weight", (Dh,), ident, ident),
     }
+    per_layer.update(_moe_mla_layout(cfg))
     specs = tfm.param_specs(cfg)
     entries = [Entry(("embed",), ("model.embed_tokens.weight",), (V, D), ident, ident, False)]
-    for key in specs["layers"]:
-        suffix, shape, to_ours, to_hf = per_layer[key]
-        names = tuple(f"model.layers.{i}.{suffix}" for i in range(L))
-        entries.append(Entry(("layers", key), names, shape, to_ours, to_hf, True))
+    first = 0
+    for stack in ("layers", "moe_layers"):
+        n = specs[stack]["attn_norm"].shape[0] if stack in specs else 0
+        for key in specs.get(stack, {}):
+            suffix, shape, to_ours, to_hf = per_layer[key]
+            ids = range(first, first + n)
+            if "{e}" in suffix:  # one tensor per expert
+                names = tuple(
+                    tuple(f"model.layers.{i}.{suffix.format(e=j)}" for j in range(cfg.n_experts))
+                    for i in ids
+                )
+                entries.append(
+                    Entry((stack, key), names, shape, to_ours, to_hf, True, cfg.n_experts)
+                )
+            else:
+                names = tuple(f"model.layers.{i}.{suffix}" for i in ids)
+                entries.append(Entry((stack, key), names, shape, to_ours, to_hf, True))
+        first += n
     entries.append(Entry(("final_norm",), ("model.norm.weight",), (D,), ident, ident, False))
     if "lm_head" in specs:
         entries.append(Entry(("lm_head",), ("lm_head.weight",), (V, D), ident, ident, False))
     return entries
 
 
+def rope_permutation(dim: int, interleaved: bool) -> np.ndarray:
+    """HF interleaved RoPE pairs (x0, x1), (x2, x3), ... -> our halves [x0, x2, ...; x1, x3, ...].
+
+    Applied to the rows that make the RoPE parts of q and k, it turns DeepSeek's interleaved
+    rotation into our rotate-half one; q.k is unchanged since both sides are permuted alike."""
+    if not interleaved:
+        return np.arange(dim)
+    return np.concatenate([np.arange(0, dim, 2), np.arange(1, dim, 2)])
+
+
+def _moe_mla_layout(cfg: ModelConfig) -> dict:
+    """per_layer entries of the MLA and MoE parameters (see `layout`)."""
+    D, H, E, Dr, Dv, R = (
+        cfg.d_model,
+        cfg.n_heads,
+        cfg.head_dim,
+        cfg.qk_rope_dim,
+        cfg.v_head_dim,
+        cfg.kv_lora_rank,
+    )
+    T = lambda x: x.T  # noqa: E731
+    ident = lambda x: x  # noqa: E731
+    out = {}
+    if cfg.n_experts:
+        Fe, Fs, X = cfg.moe_d_ff, cfg.n_shared_experts * cfg.moe_d_ff, cfg.n_experts
+        out.update(
+            router=("mlp.gate.weight", (X, D), T, T),
+            router_bias=("mlp.gate.e_score_correction_bias", (X,), ident, ident),
+            we_gate=("mlp.experts.{e}.gate_proj.weight", (Fe, D), T, T),
+            we_up=("mlp.experts.{e}.up_proj.weight", (Fe, D), T, T),
+            we_down=("mlp.experts.{e}.down_proj.weight", (D, Fe), T, T),
+            ws_gate=("mlp.shared_experts.gate_proj.weight", (Fs, D), T, T),
+            ws_up=("mlp.shared_experts.up_proj.weight", (Fs, D), T, T),
+            ws_down=("mlp.shared_experts.down_proj.weight", (D, Fs), T, T),
+        )
+    if not cfg.kv_lora_rank:
+        return out
+    perm = rope_permutation(Dr, cfg.rope_interleave)
+    q_perm = np.concatenate([np.arange(E), E + perm])
+    kv_perm = np.concatenate([np.arange(R), R + perm])
+    q_inv, kv_inv = np.argsort(q_perm), np.argsort(kv_perm)
+
+    def q_proj(n_in):  # HF [H*(E+Dr), n_in] <-> ours [n_in, H, E+Dr], RoPE rows permuted
+        return (
+            lambda x: x.T.reshape(n_in, H, E + Dr)[..., q_perm],
+            lambda x: x[..., q_inv].reshape(n_in, H * (E + Dr)).T,
+        )
+
+    Rq = cfg.q_lora_rank
+    out.update(
+        wq=("self_attn.q_proj.weight", (H * (E + Dr), D), *q_proj(D)),
+        wq_a=("self_attn.q_a_proj.weight", (Rq, D), T, T),
+        q_a_norm=("self_attn.q_a_layernorm.weight", (Rq,), ident, ident),
+        wq_b=("self_attn.q_b_proj.weight", (H * (E + Dr), Rq), *q_proj(Rq)),
+        wkv_a=(
+            "self_attn.kv_a_proj_with_mqa.weight",
+            (R + Dr, D),
+            lambda x: x.T[:, kv_perm],
+            lambda x: x[:, kv_inv].T,
+        ),
+        kv_a_norm=("self_attn.kv_a_layernorm.weight", (R,), ident, ident),
+        wkv_b=(
+            "self_attn.kv_b_proj.weight",
+            (H * (E + Dv), R),
+            lambda x: x.T.reshape(R, H, E + Dv),
+            lambda x: x.reshape(R, H * (E + Dv)).T,
+        ),
+        wo=(
+            "self_attn.o_proj.weight",
+            (D, H * Dv),
+            lambda x: x.T.reshape(H, Dv, D),
+            lambda x: x.reshape(H * Dv, D).T,
+        ),
+    )
+    return out
+
+
+def dequantize_fp8(w, scale_inv, block: int = FP8_BLOCK) -> np.ndarray:
+    """An E4M3 weight [out, in] times its per-block scale [ceil(out/b), ceil(in/b)], in fp32."""
+    full = np.repeat(np.repeat(np.asarray(scale_inv, np.float32), block, 0), block, 1)
+    return np.asarray(w).astype(np.float32) * full[: w.shape[0], : w.shape[1]]
+
+
 def validate(cfg: ModelConfig, tensors: dict[str, TensorInfo], where: str) -> None:
     """Every expected tensor present with the right shape and a float dtype; nothing unknown."""
     expected = set()
     for e in layout(cfg):
-        for name in e.names:
+        for name in e.flat_names():
             expected.add(name)
             if name not in tensors:
                 raise CheckpointError(f"{where}: missing tensor {name!r}")
@@ -225,14 +336,35 @@ def validate(cfg: ModelConfig, tensors: dict[str, TensorInfo], where: str) -> No
                     f"{where}: tensor {name!r} has dtype {info.dtype}; expected one of "
                     f"{sorted(_DTYPES)}"
                 )
+            if info.dtype == "F8_E4M3":
+                _check_scale(name, info, tensors, where)
+                expected.add(name + "_scale_inv")
     allowed_extra = {"lm_head.weight"} if cfg.tie_embeddings else set()
     for name in tensors:
+        if _is_mtp(name, cfg):  # DeepSeek-V3's multi-token-prediction layer: loaded, ignored
+            continue
         if name not in expected and name not in allowed_extra:
             if not name.endswith(_IGNORED_SUFFIXES):
                 raise CheckpointError(
                     f"{where}: unexpected tensor {name!r} (a feature this model code does not "
                     "implement?)"
                 )
+
+
+def _is_mtp(name: str, cfg: ModelConfig) -> bool:
+    m = re.match(r"model\.layers\.(\d+)\.", name)
+    return cfg.arch == "deepseek_v3" and m is not None and int(m.group(1)) >= cfg.n_layers
+
+
+def _check_scale(name, info: TensorInfo, tensors, where) -> None:
+    scale = tensors.get(name + "_scale_inv")
+    want = tuple(-(-n // FP8_BLOCK) for n in info.shape)
+    if scale is None or scale.shape != want or scale.dtype not in ("F32", "BF16"):
+        raise CheckpointError(
+            f"{where}: FP8 tensor {name!r} needs {name}_scale_inv of shape {list(want)} "
+            f"(fp32/bf16 {FP8_BLOCK}x{FP8_BLOCK} block scales), got "
+            f"{None if scale is None else (scale.dtype, list(scale.shape))}"
+        )
 
 
 def _get(params, path):
@@ -273,14 +405,26 @@ def _read_rows(name: str, info: TensorInfo, start: int, stop: int) -> np.ndarray
     return np.frombuffer(data, _DTYPES[info.dtype]).reshape((stop - start,) + info.shape[1:])
 
 
+def _read_full(name: str, tensors) -> np.ndarray:
+    """A whole tensor in its stored dtype, FP8 ones dequantized with their block scales."""
+    info = tensors[name]
+    data = _read_rows(name, info, 0, info.shape[0])
+    if info.dtype != "F8_E4M3":
+        return data
+    scale = tensors[name + "_scale_inv"]
+    return dequantize_fp8(data, _read_rows(name + "_scale_inv", scale, 0, scale.shape[0]))
+
+
 def _shard_reader(e: Entry, tensors, local: bool, sharding, shape) -> Callable:
     """read(name, index): our-layout slice `index` of HF tensor `name` (one layer if stacked)."""
+    if any(tensors[n].dtype == "F8_E4M3" for n in e.flat_names()):
+        return lambda name, index: e.to_ours(_read_full(name, tensors))[index]
     if local:
         return lambda name, index: e.to_ours(_memmap(tensors[name]))[index]
     # Remote: the rows that all of this process's shards need, read once per tensor. A shard
     # split along HF columns still reads whole rows (a contiguous range, not one read per row).
     spans = [
-        hf_rows(e, index[1:] if e.stacked else index)
+        hf_rows(e, index[e.lead :])
         for index in sharding.addressable_devices_indices_map(shape).values()
     ]
     start, stop = min(s for s, _ in spans), max(s for _, s in spans)
@@ -309,19 +453,28 @@ def load_hf(path: str, mesh=None, **cfg_overrides) -> tuple[ModelConfig, dict]:
     mesh = mesh if mesh is not None else shd.make_mesh((("fsdp", -1),))
     specs, shardings = tfm.param_specs(cfg), tfm.param_shardings(cfg, mesh)
     dtype = np.dtype(cfg.param_dtype)
-    params: dict = {"layers": {}}
+    params: dict = {"layers": {}}  # (an empty dense stack still has its key)
     for e in layout(cfg):
         shape, sharding = _get(specs, e.path).shape, _get(shardings, e.path)
         read = _shard_reader(e, tensors, _is_local(path), sharding, shape)
 
-        def callback(index, e=e, read=read):
+        def callback(index, e=e, read=read, shape=shape):
             if not e.stacked:
                 return np.array(read(e.names[0], index), dtype)  # a copy, not the mmap
-            layers = range(*index[0].indices(cfg.n_layers))
-            return np.stack([read(e.names[i], index[1:]) for i in layers]).astype(dtype)
+            layers = range(*index[0].indices(shape[0]))
+            if not layers:  # an empty stack (a MoE model without dense layers)
+                return np.zeros(shape, dtype)[index]
+            if not e.experts:
+                return np.stack([read(e.names[i], index[1:]) for i in layers]).astype(dtype)
+            experts = range(*index[1].indices(e.experts))
+            rows = [np.stack([read(e.names[i][j], index[2:]) for j in experts]) for i in layers]
+            return np.stack(rows).astype(dtype)
 
         arr = jax.make_array_from_callback(shape, sharding, callback)
-        (params["layers"] if e.stacked else params)[e.path[-1]] = arr
+        if e.stacked:
+            params.setdefault(e.path[0], {})[e.path[-1]] = arr
+        else:
+            params[e.path[-1]] = arr
     return cfg, params
 
 
@@ -419,7 +572,11 @@ def save_hf(
         got, want = tuple(_get(params, e.path).shape), _get(expected, e.path).shape
         if got != want:
             raise ValueError(f"save_hf: params{list(e.path)} has shape {got}, config: {want}")
-        sources.update({n: (e, i if e.stacked else None) for i, n in enumerate(e.names)})
+        if e.experts:
+            for i, ns in enumerate(e.names):
+                sources.update({n: (e, (i, j)) for j, n in enumerate(ns)})
+        else:
+            sources.update({n: (e, i if e.stacked else None) for i, n in enumerate(e.names)})
     specs = {name: (st_dtype, e.hf_shape) for name, (e, _) in sources.items()}
 
     def fetch(name):

@@ -31,6 +31,7 @@ from jax.ad_checkpoint import checkpoint_name
 
 from r1jax import sharding as shd
 from r1jax.models import attention as attn_lib
+from r1jax.models import mla, moe
 from r1jax.models.config import ModelConfig
 
 f32 = jnp.float32
@@ -55,8 +56,11 @@ def param_specs(cfg: ModelConfig) -> Params:
         cfg.d_ff,
         cfg.vocab_size,
     )
+    n_dense = cfg.first_k_dense if cfg.n_experts else L  # MoE: the other layers in "moe_layers"
     lay = lambda *shape_axes, init="normal": ParamSpec(  # noqa: E731
-        (L,) + tuple(s for s, _ in shape_axes), ("layers",) + tuple(a for _, a in shape_axes), init
+        (n_dense,) + tuple(s for s, _ in shape_axes),
+        ("layers",) + tuple(a for _, a in shape_axes),
+        init,
     )
     layer = {
         "attn_norm": lay((D, "norm"), init="ones"),
@@ -76,14 +80,54 @@ def param_specs(cfg: ModelConfig) -> Params:
     if cfg.qk_norm:
         layer["q_norm"] = lay((Dh, "norm"), init="ones")
         layer["k_norm"] = lay((Dh, "norm"), init="ones")
+    if cfg.kv_lora_rank:  # MLA replaces the q/k/v/o projections
+        keep = ("attn_norm", "mlp_norm", "w_gate", "w_up", "w_down")
+        layer = {k: v for k, v in layer.items() if k in keep}
+        layer.update({k: lay(*sa, init=i) for k, (sa, i) in mla.specs(cfg).items()})
     specs = {
         "embed": ParamSpec((V, D), ("vocab", "embed"), "normal"),
         "layers": layer,
         "final_norm": ParamSpec((D,), ("norm",), "ones"),
     }
+    if cfg.n_experts:
+        specs["moe_layers"] = _moe_layer_specs(cfg, layer)
     if not cfg.tie_embeddings:
         specs["lm_head"] = ParamSpec((V, D), ("vocab", "embed"), "normal")
     return specs
+
+
+def _moe_layer_specs(cfg: ModelConfig, dense_layer: dict) -> dict:
+    """The layers after first_k_dense: the same attention, the MLP replaced by moe.py's."""
+    L, D, E, Fe = cfg.n_layers - cfg.first_k_dense, cfg.d_model, cfg.n_experts, cfg.moe_d_ff
+    lay = lambda *shape_axes, init="normal": ParamSpec(  # noqa: E731
+        (L,) + tuple(s for s, _ in shape_axes), ("layers",) + tuple(a for _, a in shape_axes), init
+    )
+    out = {
+        k: ParamSpec((L,) + s.shape[1:], s.axes, s.init)
+        for k, s in dense_layer.items()
+        if k not in ("w_gate", "w_up", "w_down")
+    }
+    out["router"] = lay((D, "embed"), (E, None))
+    if cfg.router == "sigmoid":  # the balancing bias: non-gradient state (moe.update_router_bias)
+        out["router_bias"] = lay((E, None), init="zeros")
+    out["we_gate"] = lay((E, "expert"), (D, "embed"), (Fe, "mlp"))
+    out["we_up"] = lay((E, "expert"), (D, "embed"), (Fe, "mlp"))
+    out["we_down"] = lay((E, "expert"), (Fe, "mlp"), (D, "embed"))
+    if cfg.n_shared_experts:
+        Fs = cfg.n_shared_experts * Fe
+        out["ws_gate"] = lay((D, "embed"), (Fs, "mlp"))
+        out["ws_up"] = lay((D, "embed"), (Fs, "mlp"))
+        out["ws_down"] = lay((Fs, "mlp"), (D, "embed"))
+    return out
+
+
+def count_active_params(cfg: ModelConfig) -> int:
+    """Parameters one token uses: all but the routed experts it was not sent to."""
+    total = count_params(cfg)
+    if not cfg.n_experts:
+        return total
+    per_expert = 3 * cfg.d_model * cfg.moe_d_ff * (cfg.n_layers - cfg.first_k_dense)
+    return total - per_expert * (cfg.n_experts - cfg.n_experts_per_tok)
 
 
 def _is_spec(x) -> bool:
@@ -206,11 +250,51 @@ def _mlp(x_NTD, lp, cfg: ModelConfig):
     return x_NTD + _dense(jax.nn.silu(gate) * up, lp["w_down"].astype(dt))
 
 
-def _finish_block(x_NTD, o_NTHh, lp, cfg: ModelConfig):
+def _finish_block(x_NTD, o_NTHh, lp, cfg: ModelConfig, valid_NT=None, replay_NTK=None):
+    """x + out-projection, then the MLP (dense, or MoE in a "moe_layers" layer). Returns x, or
+    (x, routing) for a MoE layer (moe.moe_ffn's experts and router metric sums)."""
     dt = jnp.dtype(cfg.dtype)
     n, t, H, dh = o_NTHh.shape
     wo = lp["wo"].astype(dt).reshape(H * dh, -1)
-    return _mlp(x_NTD + _dense(o_NTHh.reshape(n, t, H * dh), wo), lp, cfg)
+    x = x_NTD + _dense(o_NTHh.reshape(n, t, H * dh), wo)
+    if "router" not in lp:
+        return _mlp(x, lp, cfg)
+    h = rms_norm(x, lp["mlp_norm"], cfg.rms_eps)
+    y, routing = moe.moe_ffn(h, lp, cfg, valid_NT, replay_NTK)
+    return x + y, routing
+
+
+def _attention_dims(cfg: ModelConfig) -> tuple[int, int]:
+    """(query/key head size, value head size): MLA's keys carry the decoupled RoPE part."""
+    if cfg.kv_lora_rank:
+        return cfg.head_dim + cfg.qk_rope_dim, cfg.v_head_dim
+    return cfg.head_dim, cfg.head_dim
+
+
+def _attend(x_NTD, lp, positions_NT, attend, cfg: ModelConfig):
+    """Attention of one layer over full sequences: (o [N,T,H,Dv], this layer's cache entries:
+    (k, v) [N,T,K,Dh] each, or the MLA latent and RoPE key [N,T,r+p])."""
+    if cfg.kv_lora_rank:
+        h = rms_norm(x_NTD, lp["attn_norm"], cfg.rms_eps)
+        return mla.full_attention(
+            h, lp, positions_NT, attend, cfg, (rms_norm, apply_rope)
+        )
+    q, k, v = _qkv(x_NTD, lp, positions_NT, cfg)
+    return attend(q, k, v), (k, v)
+
+
+def _scan_layers(layer, x, params: Params, xs=None):
+    """Runs `layer(x, (lp, xs_i)) -> (x, y)` over the dense stack, then the MoE stack if any.
+    Returns x and each stack's stacked outputs (None for a missing stack)."""
+    stacks = [params["layers"]] + ([params["moe_layers"]] if "moe_layers" in params else [])
+    outs, start = [], 0
+    for lps in stacks:
+        n = jax.tree.leaves(lps)[0].shape[0]
+        xs_i = None if xs is None else jax.tree.map(lambda a, s=start, n=n: a[s : s + n], xs)
+        x, ys = jax.lax.scan(layer, x, (lps, xs_i))
+        outs.append(ys)
+        start += n
+    return x, outs + [None] * (2 - len(outs))
 
 
 def attention_mask(segment_ids_NT):
@@ -238,24 +322,48 @@ def forward(
     segment_ids_NT,
     cfg: ModelConfig,
     return_kv: bool = False,
+    return_routing: bool = False,
+    replay=None,
 ):
-    """Hidden states after the final norm, [N,T,D]; with return_kv also (k, v) [L,N,T,K,Dh].
+    """Hidden states after the final norm, [N,T,D]; with return_kv also (k, v) [L,N,T,K,Dh]
+    (MLA: the latent cache [L,N,T,r+p]); with return_routing also the MoE layers' routing
+    (moe.moe_ffn's dict stacked over them, [L_moe, ...]).
 
     segment_ids_NT: 0 marks padding; rows may hold several packed segments (1, 2, ...).
+    replay: expert choices [L_moe,N,T,k] to route with (routing replay; moe.moe_ffn).
     The attention path (dense, blocked, cuDNN, splash) is chosen by cfg.attention and the length.
     """
-    attend = attn_lib.self_attention(segment_ids_NT, cfg, cfg.head_dim, cfg.head_dim)
+    attend = attn_lib.self_attention(segment_ids_NT, cfg, *_attention_dims(cfg))
+    valid = segment_ids_NT != 0
 
-    def layer(x, lp):
-        q, k, v = _qkv(x, lp, positions_NT, cfg)
-        x = _finish_block(x, attend(q, k, v), lp, cfg)
-        return x, ((k, v) if return_kv else None)
+    def layer(x, lp_replay):
+        lp, rep = lp_replay
+        o, kv = _attend(x, lp, positions_NT, attend, cfg)
+        x = _finish_block(x, o, lp, cfg, valid, rep)
+        x, routing = x if isinstance(x, tuple) else (x, None)
+        return x, ((kv if return_kv else None), routing)
 
     if cfg.remat:
         layer = jax.checkpoint(layer, prevent_cse=False)
-    x, kv = jax.lax.scan(layer, embed(params, tokens_NT, cfg), params["layers"])
+    xs = (
+        None
+        if replay is None
+        else jnp.concatenate(  # dense layers get dummy entries
+            [jnp.zeros((cfg.first_k_dense,) + replay.shape[1:], replay.dtype), replay]
+        )
+    )
+    x, (dense, sparse) = _scan_layers(layer, embed(params, tokens_NT, cfg), params, xs)
     h = rms_norm(x, params["final_norm"], cfg.rms_eps)
-    return (h, kv) if return_kv else h
+    out = [h]
+    if return_kv:
+        out.append(dense[0] if sparse is None else jax.tree.map(_cat, dense[0], sparse[0]))
+    if return_routing:
+        out.append(None if sparse is None else sparse[1])
+    return tuple(out) if len(out) > 1 else h
+
+
+def _cat(a, b):
+    return jnp.concatenate([a, b], axis=0)
 
 
 def unembed_matrix(params: Params, cfg: ModelConfig):
@@ -284,16 +392,20 @@ def target_logprobs(
     temperature: float = 1.0,
     vocab_chunk: int = 8192,
     with_entropy: bool = False,
+    replay=None,
+    return_routing: bool = False,
 ):
     """log p(tokens[:, s] | tokens[:, :s]) for s >= first: [N, S - first] (and the entropy).
+    MoE: `replay` routes with given expert choices; return_routing appends the routing dict.
 
     The one log-prob function of training: GRPO's policy, reference and old-policy log-probs of
     completions (first = the prompt length) and the next-token terms of SFT and distillation on
     packed rows (first = 1) all come from here, so sampler and trainer agree by construction.
     """
-    h = forward(params, tokens_NS, positions_NS, segment_ids_NS, cfg)
+    h = forward(params, tokens_NS, positions_NS, segment_ids_NS, cfg, False, True, replay)
+    h, routing = h if isinstance(h, tuple) else (h, None)
     # The hidden state at position s-1 predicts token s.
-    return token_logprobs(
+    out = token_logprobs(
         params,
         h[:, first - 1 : -1],
         tokens_NS[:, first:],
@@ -302,6 +414,7 @@ def target_logprobs(
         vocab_chunk=vocab_chunk,
         with_entropy=with_entropy,
     )
+    return (*out, routing) if return_routing else out
 
 
 def token_logprobs(
@@ -363,13 +476,12 @@ def prefill(params: Params, tokens_BP, mask_BP, cfg: ModelConfig):
     """Runs left-padded prompts once. Returns the last hidden state [B,D] and the prefix cache:
     k as [L,B,K,Dh,P] and v as [L,B,K,P,Dh], the layouts the decode matmuls read directly."""
     positions = positions_from_mask(mask_BP)
-    h, (k, v) = forward(params, tokens_BP, positions, mask_BP.astype(jnp.int32), cfg, True)
-    prefix = {
-        "k": k.transpose(0, 1, 3, 4, 2),
-        "v": v.transpose(0, 1, 3, 2, 4),
-        "mask": mask_BP.astype(bool),
-        "length": mask_BP.sum(1),
-    }
+    h, kv = forward(params, tokens_BP, positions, mask_BP.astype(jnp.int32), cfg, True)
+    prefix = {"mask": mask_BP.astype(bool), "length": mask_BP.sum(1)}
+    if cfg.kv_lora_rank:  # MLA: the latent and RoPE key [L,B,P,r+p], shared by the group
+        return h[:, -1], {**prefix, "kv": kv}
+    k, v = kv
+    prefix.update(k=k.transpose(0, 1, 3, 4, 2), v=v.transpose(0, 1, 3, 2, 4))
     return h[:, -1], prefix
 
 
@@ -382,6 +494,11 @@ def init_suffix(cfg: ModelConfig, n: int, max_len: int, dtype=None) -> dict:
     """
     L, K, Dh = cfg.n_layers, cfg.n_kv_heads, cfg.head_dim
     dtype = dtype or cfg.dtype
+    if cfg.unroll_decode and (cfg.kv_lora_rank or cfg.n_experts):
+        raise ValueError("ModelConfig.unroll_decode is not supported with MLA or MoE layers")
+    if cfg.kv_lora_rank:  # MLA: kv_lora_rank + qk_rope_dim values per token and layer
+        shape = (L, n, max_len, cfg.kv_lora_rank + cfg.qk_rope_dim)
+        return {"kv": jnp.zeros(shape, dtype), "index": jnp.zeros((), jnp.int32)}
     if cfg.unroll_decode:  # per-layer lists: see unstack_layers
         k = [jnp.zeros((n, K, Dh, max_len), dtype) for _ in range(L)]
         v = [jnp.zeros((n, K, max_len, Dh), dtype) for _ in range(L)]
@@ -435,6 +552,8 @@ def decode_step(
     of per-layer arrays (see unstack_layers and init_suffix), run as straight-line code.
     """
     idx = suffix["index"]
+    if cfg.kv_lora_rank:
+        return _decode_step_mla(params, tokens_N, positions_N, prefix, suffix, cfg)
     v0 = suffix["v"][0] if isinstance(suffix["v"], list) else suffix["v"]
     valid_S = jnp.arange(v0.shape[-2]) <= idx
     pos = positions_N[:, None]
@@ -445,7 +564,8 @@ def decode_step(
 
     def attend(x, q, lp, pk, pv, ck, cv):  # ck [N,K,Dh,S], cv [N,K,S,Dh]: this layer's suffix
         o = _decode_attention(q[:, 0], pk, pv, prefix["mask"], ck, cv, valid_S)
-        return _finish_block(x, o, lp, cfg)
+        x = _finish_block(x, o, lp, cfg)
+        return x[0] if isinstance(x, tuple) else x  # a MoE layer also returns its routing
 
     # One column of the cache is written in place, not the whole cache.
     x = embed(params, tokens_N[:, None], cfg)
@@ -460,13 +580,41 @@ def decode_step(
 
         def layer(carry, xs):
             x, ck, cv = carry
-            lp, li, pk, pv = xs
+            lp, (li, pk, pv) = xs
             q, k_col, v_row = new_kv(x, lp)
             ck = jax.lax.dynamic_update_slice(ck, k_col[None].astype(ck.dtype), (li, 0, 0, 0, idx))
             cv = jax.lax.dynamic_update_slice(cv, v_row[None].astype(cv.dtype), (li, 0, 0, idx, 0))
             return (attend(x, q, lp, pk, pv, ck[li], cv[li]), ck, cv), None
 
-        xs = (params["layers"], jnp.arange(cfg.n_layers), prefix["k"], prefix["v"])
-        (x, ck, cv), _ = jax.lax.scan(layer, (x, suffix["k"], suffix["v"]), xs)
+        xs = (jnp.arange(cfg.n_layers), prefix["k"], prefix["v"])
+        (x, ck, cv), _ = _scan_layers(layer, (x, suffix["k"], suffix["v"]), params, xs)
     h = rms_norm(x[:, 0], params["final_norm"], cfg.rms_eps)
     return h, {"k": ck, "v": cv, "index": idx + 1}
+
+
+def _decode_step_mla(params, tokens_N, positions_N, prefix, suffix, cfg: ModelConfig):
+    """decode_step for MLA: each layer writes this token's [latent ; RoPE key] into the suffix
+    cache [L,N,S,r+p] and attends in the absorbed form (mla.decode_attention)."""
+    idx = suffix["index"]
+    valid_S = jnp.arange(suffix["kv"].shape[2]) <= idx
+
+    def layer(carry, xs):
+        x, cache = carry
+        lp, (li, pre) = xs
+        h = rms_norm(x, lp["attn_norm"], cfg.rms_eps)
+        q_nope, q_rope, latent, k_rope = mla.project(
+            h, lp, positions_N[:, None], cfg, rms_norm, apply_rope
+        )
+        entry = jnp.concatenate([latent, k_rope], -1)[None].astype(cache.dtype)  # [1,N,1,C]
+        cache = jax.lax.dynamic_update_slice(cache, entry, (li, 0, idx, 0))
+        o = mla.decode_attention(
+            q_nope[:, 0], q_rope[:, 0], lp, pre, prefix["mask"], cache[li], valid_S, cfg
+        )
+        x = _finish_block(x, o[:, None], lp, cfg)
+        return ((x[0] if isinstance(x, tuple) else x), cache), None
+
+    x = embed(params, tokens_N[:, None], cfg)
+    xs = (jnp.arange(cfg.n_layers), prefix["kv"])
+    (x, cache), _ = _scan_layers(layer, (x, suffix["kv"]), params, xs)
+    h = rms_norm(x[:, 0], params["final_norm"], cfg.rms_eps)
+    return h, {"kv": cache, "index": idx + 1}

@@ -26,7 +26,7 @@ from r1jax import sharding as shd
 from r1jax.data import DataIterator, load_dataset, templates
 from r1jax.errors import ConfigError
 from r1jax.metrics import Timer
-from r1jax.models import store
+from r1jax.models import moe, store
 from r1jax.rewards import get_reward_fn
 from r1jax.rl import experience, losses, objective
 from r1jax.tokenizer import load_tokenizer
@@ -34,6 +34,9 @@ from r1jax.tokenizer import load_tokenizer
 log = logging.getLogger(__name__)
 STEP_METRICS = ("loss", "kl", "clip_frac", "clip_frac_low", "clip_frac_high", "entropy")
 STEP_METRICS += ("grad_norm", "sampler_logp_gap")
+# Reported only by MoE policies (rl/objective.py).
+MOE_METRICS = ("routing_disagreement", "moe_router_entropy", "moe_dropped", "moe_max_load_max")
+MOE_METRICS += ("moe_balance_loss",)
 
 
 def _need(cond: bool, field: str, msg: str):
@@ -168,7 +171,7 @@ class GRPO:
         if self.loss_cfg.beta > 0:
             state["ref"] = jax.tree.map(jnp.copy, params)
         self.state = state
-        self.fns: dict = {}  # ("score" | "train", prompt length) -> jitted function
+        self.fns: dict = {}  # (scorer fn | "train", prompt length) -> jitted function
         self.timer = Timer()
 
     # -- jitted functions, built on first use for each prompt-length bucket ----------------------
@@ -180,20 +183,22 @@ class GRPO:
             vocab_chunk=self.c.vocab_chunk,
         )
 
-    def _scorer(self, P, batch_sh):
-        if ("score", P) not in self.fns:
-            self.fns["score", P] = update.make_scorer(
-                functools.partial(objective.frozen_logprobs, **self._kw(P)),
+    def _scorer(self, P, batch_sh, fn=objective.frozen_logprobs):
+        if (fn, P) not in self.fns:
+            self.fns[fn, P] = update.make_scorer(
+                functools.partial(fn, **self._kw(P)),
                 param_shardings=update.shardings_of(self.state["train"]["params"]),
                 batch_shardings=batch_sh,
             )
-        return self.fns["score", P]
+        return self.fns[fn, P]
 
     def _train_fn(self, P, batch_sh):
         if ("train", P) not in self.fns:
             self.fns["train", P] = update.make_train_step(
                 functools.partial(
                     objective.grpo_loss,
+                    routing_replay=bool(self.c.rl.get("routing_replay", False)),
+                    router_aux_coef=float(self.c.rl.get("router_aux_coef", 0.0)),
                     loss_cfg=self.loss_cfg,
                     policy_loss=self.policy_loss,
                     **self._kw(P),
@@ -206,6 +211,7 @@ class GRPO:
                     loss_type=self.loss_cfg.loss_type,
                     max_len=self.c.sampling.max_new_tokens,
                 ),
+                after_update=moe.balancing_hook(self.cfg, self.c.optim.router_bias_speed),
             )
         return self.fns["train", P]
 
@@ -298,6 +304,9 @@ class GRPO:
                 rows["old_logp"] = update.unsplit(self._scorer(P, sh)(train["params"], batch))
             if "ref" in state:
                 rows["ref_logp"] = update.unsplit(self._scorer(P, sh)(state["ref"], batch))
+            if self.cfg.n_experts:  # the rollout policy's routing: replay and disagreement
+                experts = self._scorer(P, sh, objective.rollout_experts)(train["params"], batch)
+                rows["experts"] = update.unsplit(experts)
         if "future" in exp:
             self._rewards(exp, exp.pop("future"))
         batch_std = experience.batch_std(exp["total"]) if rl.adv_scale == "batch" else None
@@ -338,6 +347,10 @@ class GRPO:
         for k in STEP_METRICS:
             has = k in updates[0]
             m[f"train/{k}"] = float(np.mean([u[k] for u in updates])) if has else float("nan")
+        for k in (k for k in MOE_METRICS if k in updates[0]):
+            m[f"train/{k}"] = float(
+                (np.max if k.endswith("_max") else np.mean)([u[k] for u in updates])
+            )
         for phase in ("rollout", "reward", "score", "update"):
             m[f"time/{phase}_s"] = t.get(phase, 0.0)
         return m
