@@ -98,6 +98,7 @@ def all_finite(tree) -> jax.Array:
     ]
     return jnp.stack(flags).all() if flags else jnp.bool_(True)
 
+
 def _decayed(params):
     """Weight decay on every parameter but an MoE router's balancing bias (not trained by
     gradients: models/moe.py update_router_bias moves it)."""

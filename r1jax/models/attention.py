@@ -263,10 +263,11 @@ def splash(q_NTHh, k_NSKh, v_NSKv, seg_NT, *, scale=None, bq, bk, interpret=Fals
     """TPU splash attention (Pallas): causal, segment ids in the kernel, one kv head shared by
     its r query heads (the MQA kernel per kv head). T is padded to a multiple of the blocks
     with segment 0. Runs per device: on a sharded mesh call it inside shard_map."""
+    # TPU-only kernels, imported when splash runs (Pallas TPU is not needed elsewhere).
     from jax.experimental.pallas.ops.tpu.splash_attention import (
         splash_attention_kernel as sk,
     )
-    from jax.experimental.pallas.ops.tpu.splash_attention import (
+    from jax.experimental.pallas.ops.tpu.splash_attention import (  # TPU-only, as above
         splash_attention_mask as sm,
     )
 

@@ -237,6 +237,7 @@ def check_context(cfg: ModelConfig, prompt_len: int, max_new_tokens: int, where:
             "use a longer-context base or configure RoPE scaling (model.overrides.rope_llama3)"
         )
 
+
 # MoE presets: values from each model's config.json on the Hugging Face Hub (repo named in the
 # comment); the multi-token-prediction layer of DeepSeek-V3 is not part of the model.
 _DEEPSEEK_MLA = dict(kv_lora_rank=512, qk_rope_dim=64, v_head_dim=128, rope_interleave=True)

@@ -276,9 +276,7 @@ def _attend(x_NTD, lp, positions_NT, attend, cfg: ModelConfig):
     (k, v) [N,T,K,Dh] each, or the MLA latent and RoPE key [N,T,r+p])."""
     if cfg.kv_lora_rank:
         h = rms_norm(x_NTD, lp["attn_norm"], cfg.rms_eps)
-        return mla.full_attention(
-            h, lp, positions_NT, attend, cfg, (rms_norm, apply_rope)
-        )
+        return mla.full_attention(h, lp, positions_NT, attend, cfg, (rms_norm, apply_rope))
     q, k, v = _qkv(x_NTD, lp, positions_NT, cfg)
     return attend(q, k, v), (k, v)
 

@@ -28,6 +28,7 @@ import resource
 import signal
 import struct
 import sys
+import traceback
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -70,8 +71,6 @@ def _records(data):
 
 
 def _print_exc():
-    import traceback
-
     traceback.print_exc()
 
 
@@ -146,7 +145,7 @@ def main():
     _libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
     judge_end = prog_end = None
     if cfg["mode"] == "assert":
-        import _socket
+        import _socket  # assert mode only: the judge's channel
 
         import sandbox_rpc  # before the fork: the program serves calls with it
 

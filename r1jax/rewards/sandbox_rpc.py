@@ -19,7 +19,9 @@ globals.
 
 from __future__ import annotations
 
+import ast
 import builtins
+import importlib
 import json
 import os
 import select
@@ -216,8 +218,6 @@ class Channel:
 
 def _namespace(manifest, channel: Channel) -> dict:
     ns = {"__name__": "__tests__", "__builtins__": builtins}
-    import importlib
-
     if not isinstance(manifest, dict):
         return ns
     for name, entry in manifest.items():
@@ -236,8 +236,6 @@ def _namespace(manifest, channel: Channel) -> dict:
 
 
 def count_tests(stmts) -> int:
-    import ast
-
     return sum(isinstance(s, (ast.Assert, ast.Expr)) for s in stmts)
 
 
@@ -245,8 +243,6 @@ def judge(fd: int, test_code: str, deadline: float, max_bytes: int) -> dict:
     """Run the test statements against the program behind `fd`: each top-level assert or bare
     expression is one test; a failed setup statement fails the tests after it; test code without
     tests passes if it runs through. Returns {"passed": n, "memory_errors": n}."""
-    import ast
-
     channel = Channel(fd, deadline, max_bytes)
     first = recv(fd, deadline, max_bytes)
     if not isinstance(first, list) or len(first) != 2 or first[0] != "ready":
