@@ -145,7 +145,7 @@ def test_policy_loss_on_packed_rows_equals_padded_rows(name):
                 logp, b["old_logp"], b["ref_logp"], b["adv"], b["mask"], w, c, **extra
             )[0]
 
-        return jax.value_and_grad(f)(b["logp"])
+        return jax.jit(jax.value_and_grad(f))(b["logp"])
 
     want, want_g = value_and_grad({k: jnp.asarray(v) for k, v in rows.items()})
     got, got_g = value_and_grad({k: jnp.asarray(v) for k, v in packed.items()}, num_sequences=N)
@@ -203,7 +203,7 @@ def test_long_responses_train_packed():
     completions of 8,192 tokens; one packed update (one 8,208-token row per micro-batch) has the
     loss of the padded rows, and its log-probs equal the sampler's at every position."""
     cfg = get_preset(
-        "tiny", d_model=16, n_layers=1, n_heads=2, n_kv_heads=1, head_dim=8, d_ff=32,
+        "tiny", d_model=16, n_layers=1, n_heads=1, n_kv_heads=1, head_dim=8, d_ff=32,
         vocab_size=32, init_std=0.1, remat=False, unroll_decode=False,
     )  # fmt: skip
     G, L, Pp = 2, 8192, 16
@@ -214,15 +214,17 @@ def test_long_responses_train_packed():
                                            group_size=G))  # fmt: skip
     assert np.all(out["length"] == L) and np.all(out["truncated"])
     rows = experience.make_rows(prompt, pmask, out, G)
-    rows["adv"] = np.array([1.0, -1.0], np.float32)
+    rows["adv"] = np.array([1.0, -0.25], np.float32)
+    noise = np.random.default_rng(0).normal(0, 0.1, rows["mask"].shape).astype(np.float32)
+    rows["ref_logp"] = (rows["sampler_logp"] + noise) * rows["mask"]  # the KL term reads logp
     mesh = shd.make_mesh((("fsdp", 1),))
-    c = losses.LossConfig("dapo", beta=0.0)
+    c = losses.LossConfig("grpo", beta=0.04)
     batch, sh, _ = grpo.put_rows(mesh, rows, Pp + L, 1)
     loss = functools.partial(
         objective.grpo_loss, cfg=cfg, loss_cfg=c, policy_loss=losses.policy_loss,
         prompt_len=Pp, temperature=1.0, vocab_chunk=64,
     )  # fmt: skip
-    prepare = functools.partial(objective.token_weights, loss_type="dapo", max_len=L,
+    prepare = functools.partial(objective.token_weights, loss_type="grpo", max_len=L,
                                 num_sequences=G)  # fmt: skip
     state = update.init_state(params, optax.sgd(1e-3), mesh)
     step = update.make_train_step(
@@ -232,11 +234,11 @@ def test_long_responses_train_packed():
     # The padded reference: the loss function on the padded rows, forward only (before the
     # update, which donates the parameters).
     b = {k: jnp.asarray(v) for k, v in rows.items()}
-    b["weight"] = losses.token_weights(b["mask"], "dapo")
+    b["weight"] = losses.token_weights(b["mask"], "grpo")
     want = jax.jit(lambda p, b: loss(p, b, {}))(params, b)[0]
     _, m = step(state, batch)
     np.testing.assert_allclose(m["loss"], want, rtol=1e-5, atol=1e-7)
-    assert m["sampler_logp_gap_max"] < 1e-4 and m["grad_norm"] > 0
+    assert m["sampler_logp_gap_max"] < 1e-4 and m["grad_norm"] > 0 and m["kl"] > 1e-3
 
 
 def test_config_errors_name_the_field():
