@@ -71,13 +71,13 @@ the normaliser (as in TRL: its term is multiplied by 0), so masking shrinks the 
 than re-weighting the surviving tokens. Metrics is_ratio_mean / _max / _min (rho over tokens or
 sequences) and is_masked_frac (the share whose weight the correction changed: dropped by mis,
 truncated by tis).
-Overlong filtering (dropping truncated completions from the loss, DAPO §3.3) is a loss mask
-applied before all this: a filtered completion's tokens are not in `mask_NT`, so they neither
-enter a sequence ratio nor the metrics. Without it, the truncated completions are the longest,
-whose sequence-level ratio (a product over up to max_new_tokens tokens) strays furthest, so
-sequence-level mis drops them first: it then acts as a length-biased filter and the masked share
-grows with response length; token-level tis/mis does not depend on length. DAPO's soft overlong
-penalty is a reward and does not interact.
+Overlong filtering (DAPO: truncated completions dropped from the loss; r1jax has no switch
+for it yet: it would zero their `mask_NT`) acts before all this: a filtered completion's tokens
+are not in `mask_NT`, so they enter neither a sequence ratio nor the metrics. Without it, the
+truncated completions are the longest, whose sequence-level ratio (a product over up to
+max_new_tokens tokens) strays furthest, so sequence-level mis drops them first: it then acts as
+a length-biased filter and the masked share grows with response length; token-level tis/mis
+does not depend on length. DAPO's soft overlong penalty is a reward and does not interact.
 
 Metrics: `policy_loss` returns {name: (numerator, denominator)} whose entries add up exactly across
 micro-batches (`merge_metrics`; maxima/minima merge by max/min) and `finalize_metrics` turns them
