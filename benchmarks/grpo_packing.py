@@ -36,14 +36,15 @@ import numpy as np
 import optax
 
 from benchmarks import common
-from r1jax import update
 from r1jax import sharding as shd
+from r1jax import update
 from r1jax.models import get_preset, init_params
 from r1jax.rl import experience, losses, objective
 from r1jax.stages import grpo
 
 D, L, H, K, F, V = 128, 2, 4, 2, 512, 64
 PHASES = ("old_policy", "reference", "update")
+LAYOUTS = (("padded", 0), ("packed", -1))  # -1: P + T
 
 
 def make_rows(B, G, P, T, seed=0):
@@ -64,8 +65,9 @@ def make_rows(B, G, P, T, seed=0):
     return rows, length
 
 
-def run_layout(cfg, rows, row_len, micro, P, T, reps):
-    """Median seconds of each phase, and the device rows / micro-batches used."""
+def make_runner(cfg, rows, row_len, micro, P, T):
+    """A function running one round of the three passes: ({phase: seconds}, device batch shape
+    [micro-batches, rows, row length], update loss, old-policy log-probs)."""
     mesh = shd.make_mesh((("fsdp", 1),))
     kw = dict(cfg=cfg, prompt_len=P, temperature=1.0, vocab_chunk=8192)
     skip = "mask" if row_len else None
@@ -99,23 +101,22 @@ def run_layout(cfg, rows, row_len, micro, P, T, reps):
         state, m = fns["train"](state, batch)
         return state, float(m["loss"])
 
-    times = {p: [] for p in PHASES}
     ref = jax.tree.map(np.array, params)  # a frozen copy (the update donates `params`)
-    state = update.init_state(params, optax.sgd(1e-6), mesh)
-    for r in range(reps + 1):  # the first round compiles
+    held = {"state": update.init_state(params, optax.sgd(1e-6), mesh)}
+
+    def one_round():
         t0 = time.perf_counter()
-        old, batch = score(state["params"])
+        old, batch = score(held["state"]["params"])
         t1 = time.perf_counter()
         ref_logp, _ = score(ref)
         t2 = time.perf_counter()
-        mb = {**{k: rows[k] for k in ("tokens", "attn", "mask", "sampler_logp", "adv")}}
-        state, loss = train(state, {**mb, "old_logp": old, "ref_logp": ref_logp})
+        mb = {k: rows[k] for k in ("tokens", "attn", "mask", "sampler_logp", "adv")}
+        held["state"], loss = train(held["state"], {**mb, "old_logp": old, "ref_logp": ref_logp})
         t3 = time.perf_counter()
-        if r:
-            for p, dt in zip(PHASES, (t1 - t0, t2 - t1, t3 - t2)):
-                times[p].append(dt)
-    shape = batch["tokens"].shape  # [micro-batches, rows per micro-batch, row length]
-    return {p: statistics.median(v) for p, v in times.items()}, shape, loss, old
+        times = dict(zip(PHASES, (t1 - t0, t2 - t1, t3 - t2)))
+        return times, batch["tokens"].shape, loss, old
+
+    return one_round
 
 
 def main():
@@ -136,12 +137,18 @@ def main():
     )  # fmt: skip
     rows, length = make_rows(B, G, P, T)
     load = os.getloadavg()
-    res = {}
-    for name, row_len in (("padded", 0), ("packed", P + T)):
-        t0 = time.perf_counter()
-        res[name] = run_layout(cfg, rows, row_len, a.micro, P, T, a.reps)
-        print(name, f"{time.perf_counter() - t0:.0f}s", res[name][:3])
-    (tp, sp, lp, op), (tk, sk, lk, ok) = res["padded"], res["packed"]
+    runners = {n: make_runner(cfg, rows, rl % (P + T + 1), a.micro, P, T) for n, rl in LAYOUTS}
+    # Rounds alternate between the layouts so that a busy spell of the shared machine does not
+    # land on one side only; the first round of each compiles and is dropped.
+    times, last = {n: {p: [] for p in PHASES} for n in runners}, {}
+    for r in range(a.reps + 1):
+        for name, run in runners.items():
+            t, *last[name] = run()
+            print(name, r, {k: round(v, 3) for k, v in t.items()})
+            for p in PHASES:
+                times[name][p] += [t[p]] if r else []
+    tp, tk = ({p: statistics.median(v) for p, v in times[n].items()} for n in runners)
+    (sp, lp, op), (sk, lk, ok) = last["padded"], last["packed"]
     gap = float(np.abs(op - ok).max())
     real = int((P + length).sum())
     rows_tbl = []
@@ -150,10 +157,12 @@ def main():
     tot_p, tot_k = sum(tp.values()), sum(tk.values())
     rows_tbl.append(["total", f"{tot_p:.3f}", f"{tot_k:.3f}", f"{tot_p / tot_k:.2f}x"])
     speedup = tot_p / tot_k
-    body = f"""
-The 2-core VM was shared with other jobs (load average {load[0]:.1f} at the start). The learner's three device passes of one GRPO step, padded rows (today's layout) against
-packed rows (`rl.pack=True`), on the same completions: old-policy log-probs, reference log-probs
-(both `update.make_scorer`) and one update (`update.make_train_step`, loss grpo, beta 0.04), each
+    body = (
+        f"""
+The 2-core VM was shared with other jobs (load average {load[0]:.1f} at the start). The
+learner's three device passes of one GRPO step, padded rows (today's layout) against packed
+rows (`rl.pack=True`), on the same completions: old-policy log-probs, reference log-probs (both
+`update.make_scorer`) and one update (`update.make_train_step`, loss grpo, beta 0.04), each
 timed with its host-side batch building (padding, or packing and unpacking). Random fp32 model
 D={D}, L={L}, H={H}, K={K}, F={F}, V={V}, one CPU device. B={B} prompts of P={P} tokens x G={G}
 samples, max_new_tokens T={T}; completion lengths: with probability 0.8 uniform in [1, T/4),
@@ -163,17 +172,21 @@ else uniform in [T/4, T] (drawn: mean {length.mean():.0f}, median {np.median(len
 budget per micro-batch ({a.micro} x {P + T} tokens = {sk[1]} rows): {sk[0]} micro-batches
 x {sk[1]} rows (the count rounded up to a bucket; empty micro-batches skipped). Real tokens
 {real:,} of {sp[0] * sp[1] * sp[2]:,} padded / {sk[0] * sk[1] * sk[2]:,} packed positions.
-Medians of {a.reps} timed rounds after one compiling round. Both layouts agree: update loss
-{lp:.6g} (padded) vs {lk:.6g} (packed), old-policy log-probs max |diff| {gap:.1e}.
+Medians of {a.reps} timed rounds after one compiling round, the layouts alternating round by
+round. Both layouts agree: update loss {lp:.6g} (padded) vs {lk:.6g} (packed), old-policy
+log-probs max |diff| {gap:.1e}.
 
 | phase | padded s | packed s | speed-up |
 |---|---|---|---|
-""" + "\n".join(f"| {' | '.join(r)} |" for r in rows_tbl) + f"""
+"""
+        + "\n".join(f"| {' | '.join(r)} |" for r in rows_tbl)
+        + f"""
 
 Target >= 2x for update + old-policy + reference: {speedup:.2f}x, {
-        "met" if speedup >= 2 else "NOT met"
-    }.
+            "met" if speedup >= 2 else "NOT met"
+        }.
 """
+    )
     print(body)
     if not a.no_write:
         common.write_section(a.section, body)
