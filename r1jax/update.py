@@ -198,6 +198,30 @@ def ratios(sums: dict) -> dict:
     return out
 
 
+def _unless_empty(fn: Callable, mb: dict, key: str | None):
+    """fn(mb), or, when mb[key] is all zero, its identity for accumulation without computing it:
+    zeros, except -inf / +inf for the numerators of *_max / *_min metrics."""
+    if key is None:
+        return fn(mb)
+
+    def identity(mb):
+        out = jax.eval_shape(fn, mb)
+        zeros = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), out)
+        if isinstance(zeros, tuple) and isinstance(zeros[0], dict):  # (metrics, grads)
+            return _extremes(zeros[0]), zeros[1]
+        return _extremes(zeros) if isinstance(zeros, dict) else zeros
+
+    return jax.lax.cond(jnp.any(mb[key] != 0), fn, identity, mb)
+
+
+def _extremes(metrics: dict) -> dict:
+    out = dict(metrics)
+    for k, v in metrics.items():
+        if isinstance(v, tuple) and k.endswith(("_max", "_min")):
+            out[k] = (jnp.full_like(v[0], -jnp.inf if k.endswith("_max") else jnp.inf), v[1])
+    return out
+
+
 def make_train_step(
     loss_fn: Callable,
     optimizer,
@@ -207,6 +231,7 @@ def make_train_step(
     frozen_shardings=(),
     prepare: Callable | None = None,
     after_update: Callable | None = None,
+    skip_empty: str | None = None,
 ):
     """Jitted fn(state, batch, *frozen) -> (state, metrics); `state` is donated.
 
@@ -217,6 +242,8 @@ def make_train_step(
       scalars are reported with the metrics (e.g. `tokens`).
     after_update(state, metrics) -> state: non-gradient state after the optimizer step.
     metrics: the loss function's (finalised), `loss`, `grad_norm`, `skipped`.
+    skip_empty: a batch key; a micro-batch whose `batch[skip_empty]` is all zero (rows that only
+      pad the micro-batch count up to a compiled bucket) is not computed (lax.cond).
     """
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
@@ -225,8 +252,11 @@ def make_train_step(
         batch, ctx = prepare(batch) if prepare is not None else (batch, {})
 
         def accumulate(grads, mb):
-            (loss, metrics), g = grad_fn(params, mb, ctx, *frozen)
-            metrics = {"loss": (loss, jnp.ones((), f32)), **metrics}
+            def compute(mb):
+                (loss, metrics), g = grad_fn(params, mb, ctx, *frozen)
+                return {"loss": (loss, jnp.ones((), f32)), **metrics}, g
+
+            metrics, g = _unless_empty(compute, mb, skip_empty)
             return jax.tree.map(jnp.add, grads, g), metrics
 
         zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, f32), params)
@@ -259,6 +289,7 @@ def make_scorer(
     arg_shardings=(),
     rows: bool = True,
     out_shardings=None,
+    skip_empty: str | None = None,
 ):
     """Jitted fn(params, batch, *args) of a frozen model over micro-batches, no gradient.
 
@@ -266,11 +297,12 @@ def make_scorer(
     [n_micro, micro, ...], split like the batch; `out_shardings` if not the batch's `mask`
     sharding) or {name: (num, den)} (rows=False: summed over the batch; `ratios` divides).
     GRPO scores its reference and old policy with it; distillation its teacher.
+    skip_empty: as in make_train_step (an empty micro-batch's rows score 0).
     """
 
     def score(params, batch, *args):
         def one(_, mb):
-            return None, fn(params, mb, *args)
+            return None, _unless_empty(lambda mb: fn(params, mb, *args), mb, skip_empty)
 
         out = jax.lax.scan(one, None, batch)[1]
         return out if rows else _sums(out)

@@ -1,6 +1,7 @@
 """Policy losses: values and gradients against an independent NumPy implementation, exact
 micro-batch accumulation, and parity with TRL's GRPOTrainer (golden file, TRL not needed)."""
 
+import dataclasses
 import json
 import types
 from pathlib import Path
@@ -41,9 +42,27 @@ def np_kl(logp, ref, est):
     return {"k1": -x, "k2": 0.5 * x**2, "k3": np.exp(x) - x - 1}[est]
 
 
-def np_loss(logp, old, ref, adv, mask, c):
+def np_is_weights(trainer, sampler, mask, c):
+    """TIS/MIS weights [N, T] and the (ratio, changed) of each unit, with loops, float64."""
+    w, units = np.zeros(mask.shape), []
+    lo, hi = c.is_threshold_low, c.is_threshold
+    for i in range(mask.shape[0]):
+        toks = [t for t in range(mask.shape[1]) if mask[i, t]]
+        groups = [toks] if c.is_level == "sequence" and toks else [[t] for t in toks]
+        for g in groups:
+            rho = np.exp(np.clip(sum(float(trainer[i, t]) - sampler[i, t] for t in g), -20, 20))
+            v = min(max(rho, lo), hi) if c.is_correction == "tis" else float(lo <= rho <= hi)
+            w[i, g] = v
+            units.append((rho, v != rho if c.is_correction == "tis" else v == 0.0))
+    return w, units
+
+
+def np_loss(logp, old, ref, adv, mask, c, sampler=None):
     """The objectives written out per sequence with loops, float64."""
     logp, old, ref = (np.asarray(a, np.float64) for a in (logp, old, ref))
+    is_w = np.ones(mask.shape)
+    if c.is_correction != "none":  # the trainer's probability is the old policy's
+        is_w = np_is_weights(old, np.asarray(sampler, np.float64), mask, c)[0]
     lo, hi = 1 - c.epsilon_low, 1 + c.epsilon_high
     n_seq, n_tok = logp.shape
     total_tokens = mask.sum()
@@ -57,7 +76,8 @@ def np_loss(logp, old, ref, adv, mask, c):
                 continue
             s = np.exp(min(np.mean([logp[i, t] - old[i, t] for t in toks]), c.max_log_ratio))
             kl = [k * s for k in kl] if c.kl_bias_correction else kl
-            seq = -min(s * a, np.clip(s, lo, hi) * a) + c.beta * (np.mean(kl) if kl else 0.0)
+            seq = -min(s * a, np.clip(s, lo, hi) * a) * is_w[i, toks[0]]
+            seq += c.beta * (np.mean(kl) if kl else 0.0)
             loss += seq / n_seq
             continue
         per_tok = []
@@ -66,6 +86,7 @@ def np_loss(logp, old, ref, adv, mask, c):
             pg = -min(r * a, np.clip(r, lo, hi) * a)
             if c.dual_clip is not None and a < 0:
                 pg = min(pg, -c.dual_clip * a)
+            pg *= is_w[i, t]
             k = (kl[j] * (r if c.kl_bias_correction else 1.0)) if kl else 0.0
             per_tok.append(pg + c.beta * k)
         if c.loss_type == "grpo":
@@ -77,7 +98,7 @@ def np_loss(logp, old, ref, adv, mask, c):
     return loss
 
 
-def np_grad(logp, old, ref, adv, mask, c, h=1e-6):
+def np_grad(logp, old, ref, adv, mask, c, sampler=None, h=1e-6):
     """Central finite differences of np_loss in float64."""
     x = np.asarray(logp, np.float64)
     g = np.zeros_like(x)
@@ -85,9 +106,10 @@ def np_grad(logp, old, ref, adv, mask, c, h=1e-6):
         xp, xm = x.copy(), x.copy()
         xp[idx] += h
         xm[idx] -= h
-        g[idx] = (np_loss(xp, old, ref, adv, mask, c) - np_loss(xm, old, ref, adv, mask, c)) / (
-            2 * h
+        g[idx] = np_loss(xp, old, ref, adv, mask, c, sampler) - np_loss(
+            xm, old, ref, adv, mask, c, sampler
         )
+        g[idx] /= 2 * h
     return g
 
 
@@ -95,9 +117,10 @@ def np_grad(logp, old, ref, adv, mask, c, h=1e-6):
 _value_and_grad = jax.jit(jax.value_and_grad(policy_loss, has_aux=True), static_argnums=6)
 
 
-def jax_loss_and_grad(logp, old, ref, adv, mask, c, weights=None):
+def jax_loss_and_grad(logp, old, ref, adv, mask, c, weights=None, sampler=None):
     w = token_weights(mask, c, max_len=MAX_LEN) if weights is None else weights
-    (loss, metrics), grad = _value_and_grad(logp, old, ref, adv, mask, w, c)
+    kw = {} if sampler is None else {"sampler_logp_NT": sampler}
+    (loss, metrics), grad = _value_and_grad(logp, old, ref, adv, mask, w, c, **kw)
     return float(loss), np.asarray(grad), metrics
 
 
@@ -125,6 +148,64 @@ def test_value_and_grad_against_numpy(c):
     np.testing.assert_allclose(loss, np_loss(logp, old, ref, adv, mask, c), rtol=2e-6, atol=1e-7)
     np.testing.assert_allclose(grad, np_grad(logp, old, ref, adv, mask, c), rtol=1e-4, atol=2e-6)
     assert np.all(grad[mask == 0] == 0)
+
+
+IS_CONFIGS = [
+    LossConfig("grpo", is_correction="tis"),  # token level, C = 2 (verl)
+    LossConfig("grpo", is_correction="tis", is_level="sequence", is_threshold=1.5),
+    LossConfig("dapo", is_correction="tis", is_threshold=1.2, is_threshold_low=0.8),
+    LossConfig("dr_grpo", beta=0.04, is_correction="mis", is_level="token", is_threshold=1.3),
+    LossConfig("grpo", is_correction="mis"),  # sequence level, band [0, 3] (TRL)
+    LossConfig("dapo", is_correction="mis", is_threshold_low=0.5),
+    LossConfig("gspo", epsilon_low=0.05, epsilon_high=0.08, is_correction="mis"),
+    LossConfig("gspo", beta=0.04, is_correction="tis", is_level="sequence", is_threshold=1.5),
+]
+
+
+def _is_id(c):
+    return f"{c.loss_type}-{c.is_correction}-{c.is_level}-{c.is_threshold}-{c.is_threshold_low}"
+
+
+@pytest.mark.parametrize("c", [IS_CONFIGS[i] for i in (0, 3, 5, 6)], ids=_is_id)
+def test_is_correction_reduces_to_the_plain_loss_when_sampler_equals_trainer(c):
+    """rho = 1 everywhere: TIS and MIS weights are exactly 1, off-policy (the trainer's
+    probability is the old policy's) and on-policy (stop_gradient of the current one)."""
+    logp, old, ref, adv, mask = make_batch()
+    plain = dataclasses.replace(c, is_correction="none", is_level=None)
+    for trainer, sampler in ((old, old), (None, logp)):
+        want = jax_loss_and_grad(logp, trainer, ref, adv, mask, plain)
+        got = jax_loss_and_grad(logp, trainer, ref, adv, mask, c, sampler=sampler)
+        assert got[0] == want[0]
+        np.testing.assert_array_equal(got[1], want[1])
+        m = finalize_metrics(got[2])
+        assert float(m["is_ratio_mean"]) == float(m["is_ratio_max"]) == 1.0
+        assert float(m["is_masked_frac"]) == 0.0
+
+
+@pytest.mark.parametrize("c", IS_CONFIGS, ids=_is_id)
+def test_is_correction_against_numpy(c):
+    logp, old, ref, adv, mask = make_batch(seed=5)
+    rng = np.random.default_rng(6)
+    # Sampler log-probs off by up to 0.5 per token, or 1.5 with a bias of 0.3 (odd rows): ratios
+    # on both sides of every threshold.
+    odd = (np.arange(N) % 2)[:, None]
+    sampler = (old + rng.uniform(-0.5, 0.5, old.shape) * (1 + 2 * odd) - 0.3 * odd).astype(
+        np.float32
+    )
+    loss, grad, metrics = jax_loss_and_grad(logp, old, ref, adv, mask, c, sampler=sampler)
+    np.testing.assert_allclose(
+        loss, np_loss(logp, old, ref, adv, mask, c, sampler), rtol=2e-6, atol=1e-7
+    )
+    want_g = np_grad(logp, old, ref, adv, mask, c, sampler)
+    np.testing.assert_allclose(grad, want_g, rtol=1e-4, atol=2e-6)
+    _, units = np_is_weights(old, sampler.astype(np.float64), mask, c)
+    rho, changed = np.array([u[0] for u in units]), np.array([u[1] for u in units])
+    assert 0 < changed.mean() < 1  # the thresholds cut these inputs
+    got = finalize_metrics(metrics)
+    np.testing.assert_allclose(got["is_ratio_mean"], rho.mean(), rtol=1e-5)
+    np.testing.assert_allclose(got["is_ratio_max"], rho.max(), rtol=1e-5)
+    np.testing.assert_allclose(got["is_ratio_min"], rho.min(), rtol=1e-5)
+    np.testing.assert_allclose(got["is_masked_frac"], changed.mean(), rtol=1e-5)
 
 
 def test_clipping_regions_and_dual_clip_metrics():
@@ -254,6 +335,11 @@ def test_config_validation_and_conversion():
         (dict(epsilon_high=float("nan")), "epsilon_high"),
         (dict(beta=-1.0), "beta"),
         (dict(dual_clip=1.0), "dual_clip"),
+        (dict(is_correction="ratio"), "is_correction"),
+        (dict(is_correction="tis", is_level="seq"), "is_level"),
+        (dict(is_correction="tis", is_threshold=0.5), "is_threshold"),
+        (dict(is_correction="mis", is_threshold_low=1.5), "is_threshold_low"),
+        (dict(loss_type="gspo", is_correction="mis", is_level="token"), "is_level"),
     ]:
         with pytest.raises(ValueError, match=field):
             LossConfig(**kwargs)
@@ -263,6 +349,8 @@ def test_config_validation_and_conversion():
         policy_loss(logp, old, None, adv, mask, w, LossConfig("grpo"))
     with pytest.raises(ValueError, match="adv_N"):
         policy_loss(logp, old, None, adv[:3], mask, w, LossConfig("dapo"))
+    with pytest.raises(ValueError, match="sampler_logp_NT"):
+        policy_loss(logp, old, None, adv, mask, w, LossConfig("dapo", is_correction="tis"))
 
 
 # ---- TRL parity -----------------------------------------------------------------------------

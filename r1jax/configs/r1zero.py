@@ -84,6 +84,19 @@ def get_config(arg=None):
         # disagreement with the updated router is reported as routing_disagreement either way.
         routing_replay=False,
         router_aux_coef=0.0,  # MoE: DeepSeek-V3's sequence-wise balance loss (V3 used 1e-4)
+        # Learner rows (r1jax/stages/grpo.py): pack completions with their prompts into rows of
+        # pack_len tokens (0: sampling.max_prompt_len + max_new_tokens) for the old-policy,
+        # reference and update passes, micro_tokens tokens per device micro-batch (0: those of a
+        # padded micro-batch of micro_batch rows); False: one padded row per completion.
+        pack=False,
+        pack_len=0,
+        micro_tokens=0,
+        # Sampler/trainer correction (r1jax/rl/losses.py): none | tis | mis; None below takes
+        # the defaults: tis token-level, cap 2.0 (verl); mis sequence-level, band [0, 3] (TRL).
+        is_correction="none",
+        is_level=config_dict.placeholder(str),  # token | sequence
+        is_threshold=config_dict.placeholder(float),  # tis cap C / mis upper bound
+        is_threshold_low=config_dict.placeholder(float),  # tis lower clamp / mis lower bound
     )
     c.micro_batch = 8  # rows per forward/backward; gradients accumulate exactly
     c.vocab_chunk = 8192  # log-probs over vocabulary chunks: no [rows, T, V] logits

@@ -17,6 +17,35 @@ from r1jax.data import embedded, sources
 from r1jax.models import transformer as tfm
 
 
+def assign_rows(lengths, row_len: int, *, first_fit: bool = False, packing: bool = True):
+    """(row [n], offset [n], number of rows): where each item of `lengths` tokens goes.
+
+    In order, a new row when the item does not fit the last one (next fit: SFT's order is kept);
+    first_fit: longest first, each into the first row with room (first-fit decreasing: denser
+    rows for long-tailed lengths, the RL learner's choice). packing=False: one item per row.
+    Items are placed left to right, so within a row offsets grow with the order of placement.
+    An item longer than row_len is an error naming it.
+    """
+    lengths = np.asarray(lengths, np.int64)
+    row, offset = np.zeros(len(lengths), np.int64), np.zeros(len(lengths), np.int64)
+    used: list[int] = []
+    order = np.argsort(-lengths, kind="stable") if first_fit else range(len(lengths))
+    for i in order:
+        n = int(lengths[i])
+        if n > row_len:
+            raise ValueError(f"example {i}: {n} tokens, more than the row length {row_len}")
+        if first_fit:
+            r = next((r for r, u in enumerate(used) if u + n <= row_len), len(used))
+        else:
+            fits = used and packing and used[-1] + n <= row_len
+            r = len(used) - 1 if fits else len(used)
+        if r == len(used):
+            used.append(0)
+        row[i], offset[i] = r, used[r]
+        used[r] += n
+    return row, offset, len(used)
+
+
 def pack(
     examples: Sequence[tuple[Sequence[int], Sequence[int]]],
     row_len: int,
@@ -31,32 +60,21 @@ def pack(
     token is trained on: a completion token, or any token but a segment's first with
     loss_on_prompt). Examples longer than row_len are an error naming the example.
     """
-    rows: list[list[tuple[int, list[int], list[int]]]] = [[]]
-    used = 0
-    for i, (p, c) in enumerate(examples):
+    for i, (_, c) in enumerate(examples):
         if not c:
             raise ValueError(f"example {i}: empty completion (nothing to train on)")
-        n = len(p) + len(c)
-        if n > row_len:
-            raise ValueError(f"example {i}: {n} tokens, more than the row length {row_len}")
-        if rows[-1] and (not packing or used + n > row_len):
-            rows.append([])
-            used = 0
-        rows[-1].append((i, list(p), list(c)))
-        used += n
-    shape = (len(rows), row_len)
+    lengths = [len(p) + len(c) for p, c in examples]
+    row, offset, n_rows = assign_rows(lengths, row_len, packing=packing)
+    shape = (n_rows, row_len)
     out = {k: np.zeros(shape, np.int32) for k in ("tokens", "segment_ids", "positions", "target")}
     out["tokens"][:] = pad_id
-    for r, row in enumerate(rows):
-        s = 0
-        for seg, (_, p, c) in enumerate(row, start=1):
-            n = len(p) + len(c)
-            out["tokens"][r, s : s + n] = p + c
-            out["segment_ids"][r, s : s + n] = seg
-            out["positions"][r, s : s + n] = np.arange(n)
-            first = s + 1 if loss_on_prompt else s + len(p)
-            out["target"][r, first : s + n] = 1
-            s += n
+    for i, (p, c) in enumerate(examples):
+        r, s, n = row[i], offset[i], lengths[i]
+        out["tokens"][r, s : s + n] = list(p) + list(c)
+        out["segment_ids"][r, s : s + n] = out["segment_ids"][r].max() + 1
+        out["positions"][r, s : s + n] = np.arange(n)
+        first = s + 1 if loss_on_prompt else s + len(p)
+        out["target"][r, first : s + n] = 1
     return out
 
 

@@ -28,8 +28,8 @@ import resource
 import signal
 import struct
 import sys
-import traceback
 import time
+import traceback
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import sandbox_landlock  # noqa: E402

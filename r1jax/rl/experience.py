@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from r1jax import distributed
+from r1jax.data import packing
 from r1jax.rl import advantages
 
 
@@ -23,6 +24,55 @@ def make_rows(prompt_tokens, prompt_mask, out: dict, group_size: int) -> dict[st
         "mask": out["mask"].astype(np.int32),
         "sampler_logp": out["logp"].astype(np.float32),
     }
+
+
+def pack(rows: dict, row_len: int) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Training rows (`make_rows`: [N, P + T] left-padded prompts, [N, T] completions) packed
+    into rows of `row_len` tokens, and the index that `unpack` reads them back with.
+
+    Each completion with its prompt's real tokens is one segment (first-fit decreasing:
+    data.packing.assign_rows); model inputs tokens / segment_ids / positions are [R, row_len]
+    as SFT packs them (positions restart at 0 per segment, so a packed row computes what the
+    padded rows compute). The loss side is [R, row_len - 1], aligned with the model's
+    next-token log-probs (column j scores token j + 1): `mask`, `seg` (the segment id of each
+    completion token, 0 elsewhere) and every other [N, T] row (sampler_logp, old_logp,
+    ref_logp) at its completion tokens; `adv` ([N]) on each of its completion tokens.
+    """
+    P = rows["tokens"].shape[1] - rows["mask"].shape[1]
+    p_len, c_len = rows["attn"][:, :P].sum(1), rows["attn"][:, P:].sum(1)
+    if (p_len == 0).any():
+        raise ValueError(
+            f"row {int(np.argmin(p_len))}: an empty prompt (its first token is unscored)"
+        )
+    row, offset, n_rows = packing.assign_rows(p_len + c_len, row_len, first_fit=True)
+    start = offset + p_len - 1  # loss column of the first completion token
+    out = {k: np.zeros((n_rows, row_len), np.int32) for k in ("tokens", "segment_ids", "positions")}
+    out["seg"] = np.zeros((n_rows, row_len - 1), np.int32)
+    per_token = [k for k, v in rows.items() if k not in ("tokens", "attn") and v.ndim == 2]
+    per_seq = [k for k, v in rows.items() if v.ndim == 1]
+    for k in per_token + per_seq:
+        out[k] = np.zeros((n_rows, row_len - 1), rows[k].dtype)
+    for i in np.argsort(row * row_len + offset, kind="stable"):  # segments in row order
+        r, o, p, c = row[i], offset[i], p_len[i], c_len[i]
+        seg = out["segment_ids"][r, o - 1] + 1 if o else 1
+        out["tokens"][r, o : o + p + c] = rows["tokens"][i, P - p : P + c]
+        out["segment_ids"][r, o : o + p + c] = seg
+        out["positions"][r, o : o + p + c] = np.arange(p + c)
+        cols = slice(start[i], start[i] + c)
+        out["seg"][r, cols] = seg
+        for k in per_token:
+            out[k][r, cols] = rows[k][i, :c]
+        for k in per_seq:
+            out[k][r, cols] = rows[k][i]
+    return out, {"row": row, "start": start, "length": c_len}
+
+
+def unpack(packed_RJ: np.ndarray, index: dict, T: int) -> np.ndarray:
+    """[N, T] rows (zero after each completion) of a [R, row_len - 1] packed loss-side array."""
+    out = np.zeros((len(index["row"]), T), packed_RJ.dtype)
+    for i, (r, s, c) in enumerate(zip(index["row"], index["start"], index["length"])):
+        out[i, :c] = packed_RJ[r, s : s + c]
+    return out
 
 
 def select_groups(rows: dict, keep_groups: np.ndarray, group_size: int) -> dict:

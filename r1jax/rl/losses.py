@@ -44,6 +44,41 @@ for dapo/dr_grpo it is a length-weighted mean of -A, small but not 0. The gradie
 -sum w A grad(logp) + beta grad(KL), the REINFORCE-with-baseline gradient: a ~0 loss value is
 expected and not a bug.
 
+Packed rows (r1jax.rl.experience.pack): several completions share a row; `segment_ids_NT`
+numbers them within the row (0 = no completion token) and every per-sequence quantity (|o_i|,
+GSPO's sequence ratio, the sequence-level importance weight) is a sum over a (row, segment) pair
+instead of over a row. Padded rows are the special case of one segment per row (segment id =
+mask), so both layouts run the same code and give the same loss; the advantage may then be given
+per token ([N, T]) instead of per row ([N]).
+
+Sampler/trainer correction (`is_correction`; verl's rollout_correction, TRL's
+vllm_importance_sampling_*). The sampler's log-probs (`sampler_logp_NT`) differ from the
+trainer's (other shapes, other kernels, bf16 caches). rho = p_trainer / p_sampler, where
+p_trainer is the old policy's log-prob when given (several minibatches or epochs) and otherwise
+stop_gradient of the current one (one update per rollout): a constant weight on each token's
+(or each sequence's) policy-gradient term, never on the KL term, never in the normalisers.
+- "tis": truncated IS, weight clip(rho, is_threshold_low, is_threshold): defaults token level,
+  C = is_threshold = 2.0 (verl algorithm.rollout_correction.rollout_is=token with
+  rollout_is_threshold=2.0, applied as .clamp(max=C)), no lower bound.
+- "mis": masked IS, weight 1 if is_threshold_low <= rho <= is_threshold else 0: defaults
+  sequence level, band [0, 3.0] (TRL GRPOConfig vllm_importance_sampling_mode="sequence_mask",
+  vllm_importance_sampling_clip_max=3.0, clip_min=None).
+Token level: rho_t = exp(trainer_t - sampler_t); sequence level: rho_i = exp(sum_t (trainer_t -
+sampler_t)), the product over the sequence's tokens as in verl and TRL (so long completions
+drift furthest from 1), applied to all its tokens; log rho is clamped to [-20, 20] (verl). GSPO's
+policy term is per sequence, so it takes only the sequence level. A masked token still counts in
+the normaliser (as in TRL: its term is multiplied by 0), so masking shrinks the update rather
+than re-weighting the surviving tokens. Metrics is_ratio_mean / _max / _min (rho over tokens or
+sequences) and is_masked_frac (the share whose weight the correction changed: dropped by mis,
+truncated by tis).
+Overlong filtering (DAPO: truncated completions dropped from the loss; r1jax has no switch
+for it yet: it would zero their `mask_NT`) acts before all this: a filtered completion's tokens
+are not in `mask_NT`, so they enter neither a sequence ratio nor the metrics. Without it, the
+truncated completions are the longest, whose sequence-level ratio (a product over up to
+max_new_tokens tokens) strays furthest, so sequence-level mis drops them first: it then acts as
+a length-biased filter and the masked share grows with response length; token-level tis/mis
+does not depend on length. DAPO's soft overlong penalty is a reward and does not interact.
+
 Metrics: `policy_loss` returns {name: (numerator, denominator)} whose entries add up exactly across
 micro-batches (`merge_metrics`; maxima/minima merge by max/min) and `finalize_metrics` turns them
 into values. All math is float32.
@@ -63,6 +98,15 @@ from r1jax import registry
 
 LOSS_TYPES = ("grpo", "dr_grpo", "dapo", "gspo")
 KL_ESTIMATORS = ("k1", "k2", "k3")
+IS_CORRECTIONS = ("none", "tis", "mis")
+IS_LEVELS = ("token", "sequence")
+MAX_IS_LOG_RATIO = 20.0  # verl bounds importance weights to [exp(-20), exp(20)]
+
+# Defaults of the sampler/trainer correction (module docstring: verl for tis, TRL for mis).
+IS_DEFAULTS = {
+    "tis": dict(is_level="token", is_threshold=2.0, is_threshold_low=0.0),
+    "mis": dict(is_level="sequence", is_threshold=3.0, is_threshold_low=0.0),
+}
 
 # Per-variant defaults for the fields left as None in LossConfig.
 VARIANT_DEFAULTS = {
@@ -88,6 +132,10 @@ class LossConfig:
     dual_clip: float | None = None  # c > 1 caps the loss of A < 0 terms at -c*A; None = off
     max_log_ratio: float | None = None  # upper clamp of the log-ratio before exp
     kl_bias_correction: bool = False  # KL term times the ratio (DeepSeek-V3.2 / TRL)
+    is_correction: str = "none"  # sampler/trainer correction: none | tis | mis
+    is_level: str | None = None  # token | sequence (default: IS_DEFAULTS)
+    is_threshold: float | None = None  # tis: the cap C; mis: the band's upper end
+    is_threshold_low: float | None = None  # tis: lower clamp; mis: the band's lower end
 
     def __post_init__(self):
         if self.loss_type not in LOSS_TYPES:
@@ -112,6 +160,32 @@ class LossConfig:
             isinstance(self.dual_clip, Real) and self.dual_clip > 1
         ):
             raise ValueError(f"LossConfig.dual_clip must be None or > 1, got {self.dual_clip!r}")
+        self._check_is()
+
+    def _check_is(self):
+        if self.is_correction not in IS_CORRECTIONS:
+            raise ValueError(
+                f"LossConfig.is_correction must be one of {IS_CORRECTIONS}, "
+                f"got {self.is_correction!r}"
+            )
+        if self.is_correction == "none":
+            return
+        for name, value in IS_DEFAULTS[self.is_correction].items():
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, value)
+        if self.is_level not in IS_LEVELS:
+            raise ValueError(
+                f"LossConfig.is_level must be one of {IS_LEVELS}, got {self.is_level!r}"
+            )
+        hi, lo = self.is_threshold, self.is_threshold_low
+        if not isinstance(hi, Real) or not (1.0 <= hi < math.inf):
+            raise ValueError(f"LossConfig.is_threshold must be a finite number >= 1, got {hi!r}")
+        if not isinstance(lo, Real) or not (0.0 <= lo <= 1.0):
+            raise ValueError(f"LossConfig.is_threshold_low must be in [0, 1], got {lo!r}")
+        if self.loss_type == "gspo" and self.is_level != "sequence":
+            raise ValueError(
+                "LossConfig.is_level: gspo's policy term is per sequence; use is_level='sequence'"
+            )
 
 
 def loss_config_from(cfg) -> LossConfig:
@@ -137,13 +211,25 @@ def get_policy_loss(name: str = ""):
     return policy_loss if not name else registry.load(name, f"config.rl.policy_loss {name!r}")
 
 
-def token_weights(mask_NT, loss_type, *, max_len=None, num_sequences=None, num_tokens=None):
+def segment_totals(x_NT, segment_ids_NT):
+    """Each token's sum of x over its (row, segment): [N, T]. Segment ids are < T + 1."""
+    n, t = x_NT.shape
+    ids = jnp.arange(n)[:, None] * (t + 1) + segment_ids_NT
+    tot = jax.ops.segment_sum(x_NT.ravel(), ids.ravel(), num_segments=n * (t + 1))
+    return tot[ids]
+
+
+def token_weights(
+    mask_NT, loss_type, *, max_len=None, num_sequences=None, num_tokens=None, segment_ids_NT=None
+):
     """Per-token loss weights [N, T] float32 for the WHOLE minibatch (slice them per micro-batch).
 
     loss_type: a name in LOSS_TYPES, or a config accepted by `loss_config_from`.
     max_len: the constant of dr_grpo (required there; TRL's max_completion_length).
     num_sequences / num_tokens: global counts to use instead of this array's (e.g. when each data
-      shard computes its own weights); default: N and mask.sum() of mask_NT.
+      shard computes its own weights); default: N and mask.sum() of mask_NT. Packed rows must
+      give num_sequences (a row holds several sequences, or none).
+    segment_ids_NT: packed rows' segment ids (module docstring); None: one sequence per row.
     As in TRL, a sequence with no unmasked token still counts in N for grpo/gspo/dr_grpo (it
     contributes 0 to the sum), so masking truncated completions shrinks the loss, not re-weights it.
     """
@@ -156,7 +242,10 @@ def token_weights(mask_NT, loss_type, *, max_len=None, num_sequences=None, num_t
     m = mask_NT.astype(jnp.float32)
     n = m.shape[0] if num_sequences is None else num_sequences
     if lt in ("grpo", "gspo"):
-        return m / (jnp.maximum(m.sum(-1, keepdims=True), 1.0) * n)
+        if segment_ids_NT is None:
+            return m / (jnp.maximum(m.sum(-1, keepdims=True), 1.0) * n)
+        seg = jnp.where(mask_NT > 0, segment_ids_NT, 0)
+        return m / (jnp.maximum(segment_totals(m, seg), 1.0) * n)
     if lt == "dr_grpo":
         if max_len is None:
             raise ValueError("token_weights: max_len is required for loss_type='dr_grpo'")
@@ -182,15 +271,56 @@ def _check(name, x, shape):
         raise ValueError(f"policy_loss: {name} has shape {tuple(x.shape)}, expected {tuple(shape)}")
 
 
-def policy_loss(logp_NT, old_logp_NT, ref_logp_NT, adv_N, mask_NT, weight_NT, cfg):
+def importance_weights(trainer_NT, sampler_NT, m, seg, c):
+    """(weight [N, T] on each token's policy-gradient term, metrics) of the sampler/trainer
+    correction `c.is_correction` (module docstring). m: bool loss mask; seg: segment ids."""
+    f32 = jnp.float32
+    mf = m.astype(f32)
+    log_rho = jnp.where(m, jax.lax.stop_gradient(trainer_NT) - sampler_NT.astype(f32), 0.0)
+    unit = mf  # each token counts once in the metrics; at sequence level each sequence does
+    if c.is_level == "sequence":
+        log_rho = segment_totals(log_rho, seg)
+        unit = mf / jnp.maximum(segment_totals(mf, seg), 1.0)
+    rho = jnp.exp(jnp.clip(log_rho, -MAX_IS_LOG_RATIO, MAX_IS_LOG_RATIO))
+    lo, hi = c.is_threshold_low, c.is_threshold
+    if c.is_correction == "tis":
+        w, changed = jnp.clip(rho, lo, hi), (rho > hi) | (rho < lo)
+    else:
+        keep = (rho >= lo) & (rho <= hi)
+        w, changed = keep.astype(f32), ~keep
+    cnt = unit.sum()
+    metrics = {
+        "is_ratio_mean": ((unit * rho).sum(), cnt),
+        "is_ratio_max": (jnp.where(m, rho, -jnp.inf).max(), cnt),
+        "is_ratio_min": (jnp.where(m, rho, jnp.inf).min(), cnt),
+        "is_masked_frac": ((unit * changed).sum(), cnt),
+    }
+    return jnp.where(m, w, 0.0), metrics
+
+
+def policy_loss(
+    logp_NT,
+    old_logp_NT,
+    ref_logp_NT,
+    adv_N,
+    mask_NT,
+    weight_NT,
+    cfg,
+    *,
+    segment_ids_NT=None,
+    sampler_logp_NT=None,
+):
     """Returns (loss_sum, metrics_sums) for this (micro-)batch; see the module docstring.
 
     logp_NT: current-policy log-probs of the sampled tokens (differentiated).
     old_logp_NT: behaviour-policy log-probs, or None for on-policy (stop_gradient(logp_NT)).
     ref_logp_NT: reference log-probs, or None (only allowed when beta == 0).
-    adv_N: per-sequence advantage. mask_NT: 1 on completion tokens that count.
+    adv_N: per-sequence advantage [N], or per token [N, T] (packed rows).
+    mask_NT: 1 on completion tokens that count.
     weight_NT: the matching slice of `token_weights(...)` of the full minibatch.
     cfg: LossConfig or anything `loss_config_from` accepts.
+    segment_ids_NT: packed rows' segment ids; None: one sequence per row.
+    sampler_logp_NT: the sampler's log-probs; required when cfg.is_correction is not "none".
     """
     c = loss_config_from(cfg)
     shape = logp_NT.shape
@@ -200,59 +330,73 @@ def policy_loss(logp_NT, old_logp_NT, ref_logp_NT, adv_N, mask_NT, weight_NT, cf
         old_logp_NT = jax.lax.stop_gradient(logp_NT)
     for name, x in (("old_logp_NT", old_logp_NT), ("mask_NT", mask_NT), ("weight_NT", weight_NT)):
         _check(name, x, shape)
-    _check("adv_N", adv_N, shape[:1])
-    if ref_logp_NT is not None:
-        _check("ref_logp_NT", ref_logp_NT, shape)
-    elif c.beta > 0:
+    if tuple(adv_N.shape) != tuple(shape):
+        _check("adv_N", adv_N, shape[:1])
+    for name, x in (("ref_logp_NT", ref_logp_NT), ("segment_ids_NT", segment_ids_NT)):
+        if x is not None:
+            _check(name, x, shape)
+    if ref_logp_NT is None and c.beta > 0:
         raise ValueError(f"policy_loss: ref_logp_NT is None but beta={c.beta} > 0")
+    if c.is_correction != "none":
+        if sampler_logp_NT is None:
+            raise ValueError(
+                f"policy_loss: is_correction={c.is_correction!r} needs sampler_logp_NT"
+            )
+        _check("sampler_logp_NT", sampler_logp_NT, shape)
 
     f32 = jnp.float32
     m = mask_NT.astype(bool)
     mf = m.astype(f32)
+    seg = m.astype(jnp.int32) if segment_ids_NT is None else jnp.where(m, segment_ids_NT, 0)
     # Zero padded positions first so garbage (inf/NaN) there cannot leak into values or grads.
     logp = jnp.where(m, logp_NT.astype(f32), 0.0)
     old = jnp.where(m, old_logp_NT.astype(f32), 0.0)
     w_NT = jnp.where(m, weight_NT.astype(f32), 0.0)
-    adv = adv_N.astype(f32)
+    a = jnp.broadcast_to(adv_N.astype(f32).reshape(shape[0], -1), shape)
+    a = jnp.where(m, a, 0.0)
 
+    # Every quantity is per token; GSPO's sequence ratio is broadcast to its sequence's tokens, so
+    # sum_t w_t * pg_i = (sum_t w_t) * pg_i: the sequence's weight times its one term.
+    log_ratio = logp - old
+    unit = mf  # what a metric counts once: a token, or (GSPO) a sequence
     if c.loss_type == "gspo":
-        len_N = mf.sum(-1)
-        log_ratio = (logp - old).sum(-1) / jnp.maximum(len_N, 1.0)
-        unit_w, unit_mask, a = w_NT.sum(-1), len_N > 0, adv
-    else:
-        log_ratio = logp - old
-        unit_w, unit_mask, a = w_NT, m, adv[:, None]
+        len_NT = segment_totals(mf, seg)
+        log_ratio = segment_totals(log_ratio, seg) / jnp.maximum(len_NT, 1.0)
+        unit = mf / jnp.maximum(len_NT, 1.0)
     ratio = jnp.exp(jnp.minimum(log_ratio, c.max_log_ratio))
     lo, hi = 1.0 - c.epsilon_low, 1.0 + c.epsilon_high
     pg = -jnp.minimum(ratio * a, jnp.clip(ratio, lo, hi) * a)
-    clip_low = unit_mask & (ratio < lo) & (a < 0)
-    clip_high = unit_mask & (ratio > hi) & (a > 0)
+    clip_low = m & (ratio < lo) & (a < 0)
+    clip_high = m & (ratio > hi) & (a > 0)
     if c.dual_clip is not None:
-        dual = unit_mask & (a < 0) & (pg > -c.dual_clip * a)
+        dual = m & (a < 0) & (pg > -c.dual_clip * a)
         pg = jnp.where(dual, -c.dual_clip * a, pg)
     else:
         dual = jnp.zeros_like(clip_low)
-    pg_sum = (unit_w * pg).sum()
+    metrics = {}
+    if c.is_correction != "none":
+        is_w, metrics = importance_weights(old, sampler_logp_NT, m, seg, c)
+        pg = pg * is_w
+    pg_sum = (w_NT * pg).sum()
     loss = pg_sum
 
-    um = unit_mask.astype(f32)
-    cnt = um.sum()
+    cnt = unit.sum()
     one = jnp.ones((), f32)
-    metrics = {
+    metrics |= {
         "pg_loss": (pg_sum, one),
-        "clip_frac": ((clip_low | clip_high).astype(f32).sum(), cnt),
-        "clip_frac_low": (clip_low.astype(f32).sum(), cnt),
-        "clip_frac_high": (clip_high.astype(f32).sum(), cnt),
-        "dual_clip_frac": (dual.astype(f32).sum(), cnt),
-        "ratio_mean": ((um * ratio).sum(), cnt),
-        "ratio_max": (jnp.where(unit_mask, ratio, -jnp.inf).max(), cnt),
-        "ratio_min": (jnp.where(unit_mask, ratio, jnp.inf).min(), cnt),
+        "clip_frac": ((unit * (clip_low | clip_high)).sum(), cnt),
+        "clip_frac_low": ((unit * clip_low).sum(), cnt),
+        "clip_frac_high": ((unit * clip_high).sum(), cnt),
+        "dual_clip_frac": ((unit * dual).sum(), cnt),
+        "ratio_mean": ((unit * ratio).sum(), cnt),
+        "ratio_max": (jnp.where(m, ratio, -jnp.inf).max(), cnt),
+        "ratio_min": (jnp.where(m, ratio, jnp.inf).min(), cnt),
     }
     if ref_logp_NT is not None:
         ref = jnp.where(m, ref_logp_NT.astype(f32), 0.0)
         kl_NT = jnp.where(m, kl_estimate(logp, ref, c.kl_estimator), 0.0)
         if c.kl_bias_correction:  # importance-weighted: also the logged value, as in TRL
-            kl_NT = kl_NT * (ratio[:, None] if c.loss_type == "gspo" else ratio)
+            kl_NT = kl_NT * ratio
         metrics["kl"] = ((mf * kl_NT).sum(), mf.sum())
         if c.beta > 0:
             kl_pen = c.beta * (w_NT * kl_NT).sum()

@@ -2,9 +2,15 @@
 the policy, the reference and the old policy: models.transformer.target_logprobs) through a
 policy loss of r1jax.rl.losses, and the batch-wide token weights that make micro-batching exact.
 These are what the GRPO stage hands to the update builder (r1jax/update.py).
+
+A micro-batch is padded rows ([prompt ; completion], `attn`, loss side [n, T]) or packed rows
+(r1jax.rl.experience.pack: `segment_ids`, `positions`, loss side [n, row_len - 1] with each
+completion token's segment id in `seg`); the same loss runs on both.
 """
 
 from __future__ import annotations
+
+import math
 
 import jax
 import jax.numpy as jnp
@@ -15,12 +21,16 @@ from r1jax.rl import losses
 
 
 def _completion_logprobs(params, mb, *, cfg, prompt_len, temperature, vocab_chunk, **kw):
-    """Log-probs [B, T] of the completion tokens of micro-batch `mb` (and entropies, if asked)."""
-    positions = tfm.positions_from_mask(mb["attn"])
+    """Log-probs [B, T] of the completion tokens of micro-batch `mb` (and entropies, if asked);
+    packed rows: of every token after the first, [B, row_len - 1]."""
+    if "segment_ids" in mb:
+        args, first = (mb["tokens"], mb["positions"], mb["segment_ids"]), 1
+    else:
+        args = (mb["tokens"], tfm.positions_from_mask(mb["attn"]), mb["attn"])
+        first = prompt_len
     return tfm.target_logprobs(
-        params, mb["tokens"], positions, mb["attn"], cfg, first=prompt_len,
-        temperature=temperature, vocab_chunk=vocab_chunk, **kw,
-    )  # fmt: skip
+        params, *args, cfg, first=first, temperature=temperature, vocab_chunk=vocab_chunk, **kw
+    )
 
 
 def grpo_loss(
@@ -38,9 +48,15 @@ def grpo_loss(
     else:
         logp, ent = _completion_logprobs(params, mb, with_entropy=True, **model_kw)
         metrics = {}
+    extra = {}  # only what is needed, so that a user's policy_loss need not take these
+    if "seg" in mb:
+        extra["segment_ids_NT"] = mb["seg"]
+    if losses.loss_config_from(loss_cfg).is_correction != "none":
+        extra["sampler_logp_NT"] = mb["sampler_logp"]
     loss, pl_metrics = policy_loss(
-        logp, mb.get("old_logp"), mb.get("ref_logp"), mb["adv"], mb["mask"], mb["weight"], loss_cfg
-    )
+        logp, mb.get("old_logp"), mb.get("ref_logp"), mb["adv"], mb["mask"], mb["weight"],
+        loss_cfg, **extra,
+    )  # fmt: skip
     metrics = {**pl_metrics, **metrics}
     balance = metrics.pop("moe_balance_loss_N", None)  # [B]
     if router_aux_coef and balance is not None:  # a mean over the whole batch's rows
@@ -53,13 +69,19 @@ def grpo_loss(
     return loss, metrics
 
 
-def token_weights(batch, *, loss_type, max_len):
-    """`prepare` for the update: the loss normaliser of the whole minibatch, per token."""
+def token_weights(batch, *, loss_type, max_len, num_sequences=None):
+    """`prepare` for the update: the loss normaliser of the whole minibatch, per token.
+    Packed rows need num_sequences (the minibatch's completions)."""
     mask = batch["mask"]
-    w = losses.token_weights(mask.reshape(-1, mask.shape[-1]), loss_type, max_len=max_len)
-    row_weight = jnp.full(
-        mask.shape[:-1], 1.0 / (mask.shape[0] * mask.shape[1])
-    )  # [n_micro, micro]
+    flat = (lambda a: a.reshape(-1, a.shape[-1])) if mask.ndim > 1 else (lambda a: a)
+    seg = flat(batch["seg"]) if "seg" in batch else None
+    if seg is not None and num_sequences is None:
+        raise ValueError("token_weights: packed rows need num_sequences")
+    w = losses.token_weights(
+        flat(mask), loss_type, max_len=max_len, num_sequences=num_sequences, segment_ids_NT=seg
+    )
+    # MoE balance loss: a mean over the rows of the whole batch, [n_micro, micro].
+    row_weight = jnp.full(mask.shape[:-1], 1.0 / math.prod(mask.shape[:-1]))
     return {**batch, "weight": w.reshape(mask.shape), "row_weight": row_weight}, {}
 
 

@@ -8,6 +8,16 @@ groups and drawing more: DAPO's dynamic sampling) -> minibatches -> jitted shard
 (num_epochs x num_minibatches) -> metrics, samples. The loop (r1jax/loop.py) adds evaluation,
 logging, checkpoints and the exported model.
 
+Learner rows (config.rl.pack). Padded: each completion is a row of the prompt bucket +
+sampling.max_new_tokens tokens, config.micro_batch rows per micro-batch. Packed: completions
+with their prompts are packed into rows of rl.pack_len tokens (r1jax.rl.experience.pack) for the
+old-policy, reference and update passes, in micro-batches of rl.micro_tokens tokens per device
+(rl.micro_tokens // rl.pack_len rows). Shapes stay static: the row length is fixed by the config
+(not by the prompt bucket or the lengths drawn), and the number of micro-batches is rounded up to
+1, 2, 3, 4, 6, 8, 12, ... (`count_bucket`), so a run compiles at most about 2 log2(N / rows per
+micro-batch) shapes per pass, and the micro-batches added by the rounding are skipped at run time
+(update's skip_empty), not computed. The loss is the padded path's (tests/test_rl_packing.py).
+
 Multi-host: each process owns whole prompt groups (r1jax.rollout.my_prompts); it encodes,
 scores and turns into training rows only its own; metrics are sums over every host's rows.
 """
@@ -33,7 +43,8 @@ from r1jax.tokenizer import load_tokenizer
 
 log = logging.getLogger(__name__)
 STEP_METRICS = ("loss", "kl", "clip_frac", "clip_frac_low", "clip_frac_high", "entropy")
-STEP_METRICS += ("grad_norm", "sampler_logp_gap")
+STEP_METRICS += ("grad_norm", "sampler_logp_gap", "sampler_logp_gap_max")
+IS_METRICS = ("is_ratio_mean", "is_ratio_max", "is_masked_frac")  # with rl.is_correction only
 # Reported only by MoE policies (rl/objective.py).
 MOE_METRICS = ("routing_disagreement", "moe_router_entropy", "moe_dropped", "moe_max_load_max")
 MOE_METRICS += ("moe_balance_loss",)
@@ -66,6 +77,20 @@ def validate(c, mesh=None) -> None:
         f"({N} / rl.num_minibatches={rl.num_minibatches})",
     )
     _need(rl.num_epochs >= 1, "rl.num_epochs", "must be >= 1")
+    if rl.get("pack", False):
+        row_len = rl.pack_len or s.max_prompt_len + s.max_new_tokens
+        _need(
+            row_len >= s.max_prompt_len + s.max_new_tokens,
+            "rl.pack_len",
+            f"{row_len} tokens cannot hold a prompt of sampling.max_prompt_len={s.max_prompt_len} "
+            f"and sampling.max_new_tokens={s.max_new_tokens} tokens",
+        )
+        _need(
+            rl.micro_tokens == 0 or rl.micro_tokens >= row_len,
+            "rl.micro_tokens",
+            f"{rl.micro_tokens} tokens per device micro-batch hold no row of rl.pack_len="
+            f"{row_len} tokens",
+        )
     _need(rl.max_gen_batches >= 1, "rl.max_gen_batches", "must be >= 1")
     _need(rl.ref_reset_every >= 0, "rl.ref_reset_every", "must be >= 0 (0: never)")
     try:
@@ -127,6 +152,39 @@ def check_memory(c, mesh) -> None:
         log.warning("memory plan: %s (python launch/plan.py)", w)
 
 
+def count_bucket(n: int) -> int:
+    """n rounded up to the next 1, 2, 3, 4, 6, 8, 12, 16, ... (2^k or 3 * 2^(k-1)): at most two
+    compiled shapes per doubling, at most a third of the micro-batches added."""
+    p = 1 << max(0, (n - 1).bit_length())
+    return 3 * p // 4 if p >= 4 and 3 * p // 4 >= n else p
+
+
+def learner_layout(c, mesh) -> tuple[int, int]:
+    """(packed row length or 0 for padded rows, rows per micro-batch over the whole mesh)."""
+    if not c.rl.get("pack", False):
+        return 0, c.micro_batch
+    s, d = c.sampling, shd.batch_divisor(mesh)
+    row_len = c.rl.pack_len or s.max_prompt_len + s.max_new_tokens
+    # Default budget: the tokens of a padded micro-batch of config.micro_batch rows.
+    budget = c.rl.micro_tokens or c.micro_batch // d * (s.max_prompt_len + s.max_new_tokens)
+    return row_len, max(1, budget // row_len) * d
+
+
+def put_rows(mesh, rows: dict, row_len: int, micro: int):
+    """(device batch, its shardings, pack index or None) of this process's training rows: padded
+    rows in micro-batches of `micro` rows, or (row_len > 0) packed rows, their count rounded up to
+    whole micro-batches, the same count on every process, then to `count_bucket`."""
+    if not row_len:
+        return (*update.put_batch(mesh, rows, micro), None)
+    packed, index = experience.pack(rows, row_len)
+    local = micro * len(mesh.local_devices) // mesh.size  # this process's rows per micro-batch
+    n_micro = -(-len(packed["tokens"]) // local)
+    n_micro = count_bucket(int(distributed.gather(np.int64(n_micro)).max()))
+    pad = n_micro * local - len(packed["tokens"])
+    packed = {k: np.pad(v, [(0, pad)] + [(0, 0)] * (v.ndim - 1)) for k, v in packed.items()}
+    return (*update.put_batch(mesh, packed, micro), index)
+
+
 class GRPO:
     """What a GRPO run holds; `run()` trains. Usable from notebooks step by step."""
 
@@ -171,7 +229,13 @@ class GRPO:
         if self.loss_cfg.beta > 0:
             state["ref"] = jax.tree.map(jnp.copy, params)
         self.state = state
-        self.fns: dict = {}  # (scorer fn | "train", prompt length) -> jitted function
+        self.layout = learner_layout(c, self.mesh)  # (packed row length or 0, micro-batch rows)
+        if self.layout[0] and self.cfg.n_experts:
+            raise ConfigError(
+                "config.rl.pack: packed learner rows are not supported for MoE policies yet (the "
+                "rollout's expert choices are kept per padded row); set rl.pack=False"
+            )
+        self.fns: dict = {}  # (scorer fn | "train", prompt length or "packed") -> jitted function
         self.timer = Timer()
 
     # -- jitted functions, built on first use for each prompt-length bucket ----------------------
@@ -184,17 +248,22 @@ class GRPO:
         )
 
     def _scorer(self, P, batch_sh, fn=objective.frozen_logprobs):
-        if (fn, P) not in self.fns:
-            self.fns[fn, P] = update.make_scorer(
+        key = (fn, "packed" if self.layout[0] else P)
+        if key not in self.fns:
+            self.fns[key] = update.make_scorer(
                 functools.partial(fn, **self._kw(P)),
                 param_shardings=update.shardings_of(self.state["train"]["params"]),
                 batch_shardings=batch_sh,
+                skip_empty="mask" if self.layout[0] else None,
             )
-        return self.fns[fn, P]
+        return self.fns[key]
 
     def _train_fn(self, P, batch_sh):
-        if ("train", P) not in self.fns:
-            self.fns["train", P] = update.make_train_step(
+        c, packed = self.c, bool(self.layout[0])
+        key = ("train", "packed" if packed else P)
+        if key not in self.fns:
+            M = c.sampling.num_prompts * c.sampling.num_samples // c.rl.num_minibatches
+            self.fns[key] = update.make_train_step(
                 functools.partial(
                     objective.grpo_loss,
                     routing_replay=bool(self.c.rl.get("routing_replay", False)),
@@ -209,11 +278,13 @@ class GRPO:
                 prepare=functools.partial(
                     objective.token_weights,
                     loss_type=self.loss_cfg.loss_type,
-                    max_len=self.c.sampling.max_new_tokens,
+                    max_len=c.sampling.max_new_tokens,
+                    num_sequences=M if packed else None,
                 ),
                 after_update=moe.balancing_hook(self.cfg, self.c.optim.router_bias_speed),
+                skip_empty="mask" if packed else None,
             )
-        return self.fns["train", P]
+        return self.fns[key]
 
     # -- one step -----------------------------------------------------------------------------
     def _draw(self, step: int, draw: int, state, wait: bool = True) -> dict:
@@ -297,16 +368,18 @@ class GRPO:
         P = rows["tokens"].shape[1] - c.sampling.max_new_tokens
         train = state["train"]
         with self.timer("score"):  # reference and old-policy log-probs, once per rollout
-            batch, sh = update.put_batch(
-                self.mesh, {k: rows[k] for k in ("tokens", "attn", "mask")}, c.micro_batch
+            rows["old_logp"], rows["ref_logp"] = self._score(
+                rows,
+                P,
+                train["params"] if rl.num_minibatches > 1 or rl.num_epochs > 1 else None,
+                state.get("ref"),
             )
-            if rl.num_minibatches > 1 or rl.num_epochs > 1:  # else on-policy: old = current
-                rows["old_logp"] = update.unsplit(self._scorer(P, sh)(train["params"], batch))
-            if "ref" in state:
-                rows["ref_logp"] = update.unsplit(self._scorer(P, sh)(state["ref"], batch))
             if self.cfg.n_experts:  # the rollout policy's routing: replay and disagreement
+                inputs = {k: rows[k] for k in ("tokens", "attn", "mask")}
+                batch, sh, _ = put_rows(self.mesh, inputs, *self.layout)
                 experts = self._scorer(P, sh, objective.rollout_experts)(train["params"], batch)
                 rows["experts"] = update.unsplit(experts)
+            rows = {k: v for k, v in rows.items() if v is not None}
         if "future" in exp:
             self._rewards(exp, exp.pop("future"))
         batch_std = experience.batch_std(exp["total"]) if rl.adv_scale == "batch" else None
@@ -317,7 +390,7 @@ class GRPO:
         with self.timer("update"):
             for _ in range(rl.num_epochs):
                 for mb in experience.minibatches(rows, rl.num_minibatches, blocks, d, rng):
-                    batch, sh = update.put_batch(self.mesh, mb, c.micro_batch)
+                    batch, sh, _ = put_rows(self.mesh, mb, *self.layout)
                     train, m = self._train_fn(P, sh)(train, batch)
                     updates.append(m)
             updates = distributed.fetch(updates)
@@ -327,6 +400,21 @@ class GRPO:
         exp["adv"] = rows["adv"]
         samples = experience.sample_rows(exp, self.c.get("num_samples_logged", 8))
         return state, self._metrics(exp, adv_stats, updates, draws, train), samples
+
+    def _score(self, rows: dict, P: int, *params):
+        """Masked log-probs [N, T] of this process's completions under each of `params` (None
+        gives None): the old policy (before any update of this rollout) and the reference."""
+        if all(p is None for p in params):
+            return params
+        inputs = {k: rows[k] for k in ("tokens", "attn", "mask")}
+        batch, sh, index = put_rows(self.mesh, inputs, *self.layout)
+        out = []
+        for p in params:
+            logp = None if p is None else update.unsplit(self._scorer(P, sh)(p, batch))
+            if logp is not None and index is not None:
+                logp = experience.unpack(logp, index, rows["mask"].shape[1])
+            out.append(logp)
+        return out
 
     def _blocks(self) -> range:
         """The mesh's batch shards (device blocks of rows) that hold this process's rows."""
@@ -344,9 +432,9 @@ class GRPO:
                 "perf/rollout_tokens_per_s": m.pop("tokens") / max(t.get("rollout", 0.0), 1e-9),
             }
         )
-        for k in STEP_METRICS:
-            has = k in updates[0]
-            m[f"train/{k}"] = float(np.mean([u[k] for u in updates])) if has else float("nan")
+        for k in STEP_METRICS + tuple(k for k in IS_METRICS if k in updates[0]):
+            has, agg = k in updates[0], np.max if k.endswith("_max") else np.mean
+            m[f"train/{k}"] = float(agg([u[k] for u in updates])) if has else float("nan")
         for k in (k for k in MOE_METRICS if k in updates[0]):
             m[f"train/{k}"] = float(
                 (np.max if k.endswith("_max") else np.mean)([u[k] for u in updates])
