@@ -8,7 +8,11 @@ the last. Rows advance in lockstep, and prompts are left-padded to a bucketed le
 is one compilation per (batch, prompt bucket, config).
 
 Tokens are drawn by inverse CDF with one uniform per row (`_draw`); top-p looks for the nucleus
-among the top 1024 logits before it sorts the vocabulary. Both are exact.
+among the top 1024 logits before it sorts the vocabulary. Both are exact. Row n = b * G + g draws
+its t-th token with the key fold_in(fold_in(key, n), t) (`row_keys`), so a completion depends on
+the seed, its prompt and its sample index only: the continuous decoder (r1jax/continuous.py,
+`decoder="continuous"`), which decodes a fixed number of slots refilled as rows end, gives the
+same completions at any slot count. The KV cache is bf16 on accelerators by default (`kv_dtype`).
 
 Sampler log-probs: log softmax(logits / T) of the sampled token under the *full* temperature-
 scaled distribution, before top-k/top-p truncation. That is exactly the distribution the
