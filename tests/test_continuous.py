@@ -8,7 +8,9 @@ import pytest
 from hf_utils import left_padded_batch
 
 from r1jax import continuous, rollout, sampling
+from r1jax import sharding as shd
 from r1jax.models import get_preset, init_params
+from r1jax.models import transformer as tfm
 
 CFG = get_preset(
     "tiny",
@@ -92,3 +94,21 @@ def test_decoder_settings_from_the_config_and_their_errors():
         sampling.SamplingConfig(decoder="paged")
     with pytest.raises(ValueError, match="kv_dtype"):
         sampling.SamplingConfig(kv_dtype="fp8")
+
+
+def test_rollout_runs_the_configured_decoder_over_a_mesh(setup, monkeypatch):
+    """decoder="continuous" reaches continuous.generate through rollout.generate, with sharded
+    weights and prompts (8 devices), and gives the single-device static decoder's rows."""
+    params, tokens, mask = setup
+    calls = []
+    orig = continuous.generate
+    monkeypatch.setattr(continuous, "generate", lambda *a, **k: calls.append(1) or orig(*a, **k))
+    s = sampling.SamplingConfig(max_new_tokens=6, chunk=3, eos_ids=(3, 4, 5), top_k=30)
+    ref = _run(sampling.generate, params, tokens[:2], mask[:2], s)
+    mesh = shd.make_mesh((("fsdp", 4), ("tensor", 2)))
+    p8 = jax.device_put(params, tfm.param_shardings(CFG, mesh))
+    s = dataclasses.replace(s, decoder="continuous", slots=3)
+    kw = dict(mesh=mesh, num_prompts=2, group_size=G)
+    out = rollout.generate(p8, CFG, s, tokens[:2], mask[:2], jax.random.key(5), **kw)
+    assert calls
+    _assert_same(out, ref)
