@@ -31,7 +31,8 @@ from r1jax.models.config import ModelConfig
 
 
 def num_slots(s: sampling.SamplingConfig, n_rows: int) -> int:
-    return min(s.slots or n_rows, n_rows)
+    """s.slots, at most one per row; 0 = a quarter of the rows (benchmarks/continuous.py)."""
+    return min(s.slots or max(1, n_rows // 4), n_rows)
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "s", "group_size"))

@@ -49,7 +49,7 @@ class SamplingConfig:
     # "static": rows in lockstep until the last ends; "continuous": a fixed number of decode
     # slots, refilled as rows end (r1jax.continuous). Same output for the same key.
     decoder: str = "static"
-    slots: int = 0  # continuous decoder: rows decoded at once (0 = every row)
+    slots: int = 0  # continuous decoder: rows decoded at once (0 = a quarter of the rows)
     kv_dtype: str = "auto"  # KV cache dtype; auto = bfloat16 on accelerators, float32 on CPU
 
     def __post_init__(self):

@@ -110,7 +110,7 @@ def sampling(**kw) -> dict:
         # continuous: `slots` rows at once, a finished row's slot refilled with the next
         # (faster for long-tailed lengths). Same completions for the same seed.
         decoder="static",
-        slots=0,  # continuous decoder: rows decoded at once (0 = num_prompts * num_samples)
+        slots=0,  # continuous decoder: rows decoded at once (0 = num_prompts * num_samples / 4)
         kv_dtype="auto",  # KV cache: auto (bf16 on accelerators, fp32 on CPU), float32, bfloat16
     )
     unknown = sorted(set(kw) - set(base))
