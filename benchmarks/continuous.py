@@ -65,12 +65,13 @@ def main():
     ap.add_argument("--new", type=int, default=512, help="T, max_new_tokens")
     ap.add_argument("--slots", default="16,32,64", help="slot counts of the continuous side")
     ap.add_argument("--repeats", type=int, default=3, help="timed runs per side (best is used)")
+    ap.add_argument("--unroll-decode", action="store_true", help="ModelConfig.unroll_decode")
     ap.add_argument("--no-write", action="store_true", help="print, do not touch RESULTS.md")
     ap.add_argument("--section", default="Continuous vs static sampler")
     args = ap.parse_args()
     B, G, T = args.prompts, args.samples, args.new
     N = B * G
-    cfg = get_preset("tiny", vocab_size=4096)
+    cfg = get_preset("tiny", vocab_size=4096, unroll_decode=args.unroll_decode)
     params = init_params(cfg, jax.random.key(0))
     rng = np.random.default_rng(1)
     ids = [rng.integers(1, cfg.vocab_size, rng.integers(16, 65)).tolist() for _ in range(B)]
@@ -128,7 +129,8 @@ def main():
     q = np.percentile(lengths, [25, 50, 75, 90, 100])
     body = f"""
 `python benchmarks/continuous.py`: {B} prompts x {G} samples, max_new_tokens {T}, random
-`tiny` model (d 256, 4 layers, vocabulary 4,096, fp32, KV fp32), temperature 1, chunk
+`tiny` model (d 256, 4 layers, vocabulary 4,096, fp32, KV fp32, unroll_decode
+{cfg.unroll_decode}), temperature 1, chunk
 {s.chunk}, prompts 16-64 tokens (padded {tokens.shape[1]}). Forced lengths: 80% of rows
 uniform in [1, {T // 4}], 20% uniform in ({T // 4}, {T}] (EOS injected, the same rows on both
 sides). Realised lengths (static side): mean {lengths.mean():.0f}, quartiles
