@@ -50,7 +50,10 @@ def main():
     for vocab, scale, top_p in CASES:
         logits = scale * jax.random.normal(jax.random.key(0), (args.rows, vocab))
         s = sampling.SamplingConfig(temperature=1.0, top_p=top_p)
-        pick = jax.jit(lambda key, x, s=s: sampling._pick(key, x, s))
+        if hasattr(sampling, "row_keys"):  # per-row keys: _pick takes one key per row
+            pick = jax.jit(lambda k, x, s=s: sampling._pick(jax.random.split(k, len(x)), x, s))
+        else:  # an older checkout (--r1jax-from): one key for all rows
+            pick = jax.jit(lambda key, x, s=s: sampling._pick(key, x, s))
         t = common.timeit(lambda p=pick, x=logits: p(jax.random.key(1), x), warmup=1, repeats=5)
         shape = "peaked" if scale > 1 else "flat"
         rows.append([f"{args.rows} x {vocab:,}", shape, top_p, t["median"] * 1e3])

@@ -16,7 +16,7 @@ import math
 import jax
 import numpy as np
 
-from r1jax import distributed, sampling
+from r1jax import continuous, distributed, sampling
 from r1jax import sharding as shd
 from r1jax.errors import ConfigError
 from r1jax.rewards import RewardPool, RewardStack
@@ -54,6 +54,9 @@ def sampling_config(section, tok, **override) -> sampling.SamplingConfig:
         eos_ids=tuple(tok.eos_ids),
         stop_sequences=tuple(tuple(tok.encode(t)) for t in s.get("stop", ())),
         pad_id=tok.pad_id,
+        decoder=str(s.get("decoder", "static")),
+        slots=int(s.get("slots", 0)),
+        kv_dtype=str(s.get("kv_dtype", "auto")),
     )
 
 
@@ -142,9 +145,11 @@ def row_shardings(mesh, n_rows: int, new_tokens: int) -> dict:
 
 @functools.lru_cache(maxsize=32)
 def _sampler(cfg, s, group_size: int, out_shardings):
+    decode = continuous.generate if s.decoder == "continuous" else sampling.generate
+
     def run(params, tokens, mask, key_data):
         key = jax.random.wrap_key_data(key_data)
-        return sampling.generate(params, tokens, mask, key, cfg=cfg, s=s, group_size=group_size)
+        return decode(params, tokens, mask, key, cfg=cfg, s=s, group_size=group_size)
 
     return jax.jit(run, out_shardings=dict(out_shardings))
 

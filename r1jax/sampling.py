@@ -8,7 +8,11 @@ the last. Rows advance in lockstep, and prompts are left-padded to a bucketed le
 is one compilation per (batch, prompt bucket, config).
 
 Tokens are drawn by inverse CDF with one uniform per row (`_draw`); top-p looks for the nucleus
-among the top 1024 logits before it sorts the vocabulary. Both are exact.
+among the top 1024 logits before it sorts the vocabulary. Both are exact. Row n = b * G + g draws
+its t-th token with the key fold_in(fold_in(key, n), t) (`row_keys`), so a completion depends on
+the seed, its prompt and its sample index only: the continuous decoder (r1jax/continuous.py,
+`decoder="continuous"`), which decodes a fixed number of slots refilled as rows end, gives the
+same completions at any slot count. The KV cache is bf16 on accelerators by default (`kv_dtype`).
 
 Sampler log-probs: log softmax(logits / T) of the sampled token under the *full* temperature-
 scaled distribution, before top-k/top-p truncation. That is exactly the distribution the
@@ -42,6 +46,11 @@ class SamplingConfig:
     # Stop sequences as token ids; a row ends when its last tokens equal one of them.
     stop_sequences: tuple[tuple[int, ...], ...] = ()
     pad_id: int = 0
+    # "static": rows in lockstep until the last ends; "continuous": a fixed number of decode
+    # slots, refilled as rows end (r1jax.continuous). Same output for the same key.
+    decoder: str = "static"
+    slots: int = 0  # continuous decoder: rows decoded at once (0 = a quarter of the rows)
+    kv_dtype: str = "auto"  # KV cache dtype; auto = bfloat16 on accelerators, float32 on CPU
 
     def __post_init__(self):
         if self.max_new_tokens <= 0:
@@ -52,6 +61,31 @@ class SamplingConfig:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.top_k < 0 or self.chunk <= 0:
             raise ValueError(f"top_k must be >= 0 and chunk > 0, got {self.top_k}, {self.chunk}")
+        if self.decoder not in ("static", "continuous") or self.slots < 0:
+            raise ValueError(
+                f"decoder must be static or continuous and slots >= 0, got {self.decoder!r}, "
+                f"{self.slots}"
+            )
+        if self.kv_dtype not in ("auto", "float32", "bfloat16"):
+            raise ValueError(f"kv_dtype must be auto, float32 or bfloat16, got {self.kv_dtype!r}")
+
+
+def kv_dtype(s: SamplingConfig):
+    """The KV cache dtype: bf16 halves the cache on accelerators; XLA CPU computes bf16 slowly."""
+    if s.kv_dtype == "auto":
+        return jnp.float32 if jax.default_backend() == "cpu" else jnp.bfloat16
+    return jnp.dtype(s.kv_dtype)
+
+
+def row_keys(key, n: int):
+    """Row n's key, fold_in(key, n) with n = prompt * G + sample: a completion depends on the
+    seed, its prompt and its sample index only, not on which rows are decoded beside it."""
+    return jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(n))
+
+
+def step_keys(keys_N, t_N):
+    """Each row's key for its t-th token."""
+    return jax.vmap(jax.random.fold_in)(keys_N, t_N)
 
 
 def bucket(n: int, minimum: int = 16) -> int:
@@ -110,7 +144,7 @@ def _nucleus_cutoff(sorted_NM, logz_N1, top_p: float):
     return cutoff, cum[:, -1:]
 
 
-def _draw(key, weights_NV, block: int):
+def _draw(keys_N, weights_NV, block: int):
     """One token per row with probability weights / sum(weights), by inverse CDF in two levels.
 
     One uniform per row: pick the vocabulary block whose cumulative mass passes it, then the
@@ -123,7 +157,7 @@ def _draw(key, weights_NV, block: int):
     w = weights_NV.reshape(n, v // block, block)
     mass_Nb = w.sum(-1)
     cum_Nb = jnp.cumsum(mass_Nb, -1)
-    u = jax.random.uniform(key, (n,), weights_NV.dtype) * cum_Nb[:, -1]
+    u = jax.vmap(lambda k: jax.random.uniform(k, (), weights_NV.dtype))(keys_N) * cum_Nb[:, -1]
     blk = jnp.minimum(jnp.sum(cum_Nb <= u[:, None], -1), _last_nonzero(mass_Nb))
     before = jnp.take_along_axis(cum_Nb, jnp.maximum(blk - 1, 0)[:, None], 1)[:, 0]
     inner = jnp.take_along_axis(w, blk[:, None, None], 1)[:, 0]  # [N, block]
@@ -137,8 +171,9 @@ def _last_nonzero(x_NM):
     return m - 1 - jnp.argmax(x_NM[:, ::-1] > 0, axis=-1)
 
 
-def _pick(key, logits_NV, s: SamplingConfig):
-    """Returns (token, log-prob under the full temperature-scaled distribution)."""
+def _pick(keys_N, logits_NV, s: SamplingConfig):
+    """Returns (token, log-prob under the full temperature-scaled distribution); row n draws
+    with keys_N[n]."""
     if s.temperature == 0:
         tok = jnp.argmax(logits_NV, axis=-1).astype(jnp.int32)
         logp = jnp.take_along_axis(jax.nn.log_softmax(logits_NV, -1), tok[:, None], -1)[:, 0]
@@ -155,21 +190,46 @@ def _pick(key, logits_NV, s: SamplingConfig):
     weights = e
     if s.top_k or s.top_p < 1.0:  # the arg-max is always kept, so some weight stays > 0
         weights = jnp.where(truncate_logits(scaled, s.top_k, s.top_p) > -jnp.inf, e, 0.0)
-    tok = _draw(key, weights, block)
+    tok = _draw(keys_N, weights, block)
     logz = m[:, 0] + jnp.log(jnp.sum(e, axis=-1))
     return tok, jnp.take_along_axis(scaled, tok[:, None], -1)[:, 0] - logz
 
 
-def _ends(tokens_NT, t, tok_N, s: SamplingConfig):
+def _ends(tokens_NT, t_N, tok_N, s: SamplingConfig):
+    """Whether row n ends with tok_N[n], its t_N[n]-th token (already in tokens_NT)."""
     ended = jnp.isin(tok_N, jnp.asarray(s.eos_ids, jnp.int32)) if s.eos_ids else tok_N < 0
+    t_N = jnp.broadcast_to(t_N, tok_N.shape)
     for seq in s.stop_sequences:
         m = len(seq)
         if m == 1:
             ended |= tok_N == seq[0]
             continue
-        tail = jax.lax.dynamic_slice_in_dim(tokens_NT, jnp.maximum(t - m + 1, 0), m, axis=1)
-        ended |= (t >= m - 1) & jnp.all(tail == jnp.asarray(seq, jnp.int32), axis=1)
+        at = jnp.maximum(t_N[:, None] - m + 1 + jnp.arange(m), 0)
+        tail = jnp.take_along_axis(tokens_NT, at, axis=1)
+        ended |= (t_N >= m - 1) & jnp.all(tail == jnp.asarray(seq, jnp.int32), axis=1)
     return ended
+
+
+def draw_step(keys_N, logits_NV, t_N, end_at_N, s: SamplingConfig):
+    """Token and sampler log-prob of each row's t-th step (one key per row, fold_in t).
+
+    end_at_N (None, or [N] lengths, for benchmarks and tests): the row's token at t = end_at-1 is
+    replaced by eos_ids[0] (with its log-prob), so lengths can be forced identically on any
+    decoder while everything else is sampled as usual.
+    """
+    tok, logp = _pick(step_keys(keys_N, t_N), logits_NV, s)
+    if end_at_N is None:
+        return tok, logp
+    eos = s.eos_ids[0]
+    scaled = logits_NV / (s.temperature or 1.0)
+    logp_eos = scaled[:, eos] - jax.nn.logsumexp(scaled, axis=-1)
+    force = t_N == end_at_N - 1
+    return jnp.where(force, eos, tok), jnp.where(force, logp_eos, logp)
+
+
+def check_end_at(end_at_N, n: int, s: SamplingConfig):
+    if end_at_N is not None and (not s.eos_ids or end_at_N.shape != (n,)):
+        raise ValueError(f"end_at needs eos_ids and shape ({n},), got {end_at_N.shape}")
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "s", "group_size"))
@@ -178,29 +238,33 @@ def generate(
     prompt_tokens_BP,
     prompt_mask_BP,
     key,
+    end_at_N=None,
     *,
     cfg: ModelConfig,
     s: SamplingConfig,
     group_size: int = 1,
 ):
-    """Samples `group_size` completions per prompt. Rows are prompt-major: n = b * G + g.
+    """Samples `group_size` completions per prompt. Rows are prompt-major: n = b * G + g, and
+    row n draws its t-th token with fold_in(fold_in(key, n), t) (see row_keys).
 
     Returns a dict of [N, max_new_tokens] arrays `tokens` (pad after the end), `logp`, `mask`
     (1 up to and including the ending token) and [N] `length`, `truncated` (no EOS or stop
-    sequence before max_new_tokens).
+    sequence before max_new_tokens). end_at_N: see draw_step.
     """
     G, B = group_size, prompt_tokens_BP.shape[0]
     N, T = B * G, s.max_new_tokens
+    check_end_at(end_at_N, N, s)
     T_pad = -(-T // s.chunk) * s.chunk
-    h_BD, prefix = tfm.prefill(params, prompt_tokens_BP, prompt_mask_BP, cfg)
+    h_BD, prefix = prefill(params, prompt_tokens_BP, prompt_mask_BP, cfg, s)
     logits = jnp.repeat(tfm.logits_from_hidden(params, h_BD, cfg), G, axis=0)
     start_pos = jnp.repeat(prefix["length"], G).astype(jnp.int32)
+    keys = row_keys(key, N)
     if cfg.unroll_decode:
         params, prefix = tfm.unstack_layers(params, prefix)
 
     def step(state, _):
         suffix, logits, toks, logps, done, t = state
-        tok, logp = _pick(jax.random.fold_in(key, t), logits, s)
+        tok, logp = draw_step(keys, logits, jnp.full((N,), t), end_at_N, s)
         tok = jnp.where(done, s.pad_id, tok)
         toks = jax.lax.dynamic_update_slice_in_dim(toks, tok[:, None], t, axis=1)
         logps = jax.lax.dynamic_update_slice_in_dim(
@@ -220,8 +284,9 @@ def generate(
     # body once per phase.
     lengths = _phase_lengths(T_pad, s.chunk)
     toks0 = jnp.full((N, T_pad), s.pad_id, jnp.int32)
+    kv = kv_dtype(s)
     state = (
-        tfm.init_suffix(cfg, N, lengths[0]),
+        tfm.init_suffix(cfg, N, lengths[0], kv),
         logits,
         toks0,
         jnp.zeros((N, T_pad), jnp.float32),
@@ -230,13 +295,26 @@ def generate(
     )
     for j, end in enumerate(lengths):
         if j:
-            state = (_grow_suffix(state[0], tfm.init_suffix(cfg, N, end)), *state[1:])
+            state = (_grow_suffix(state[0], tfm.init_suffix(cfg, N, end, kv)), *state[1:])
         state = jax.lax.while_loop(
             lambda st, end=min(T, end): (st[5] < end) & ~jnp.all(st[4]), chunk, state
         )
     _, _, toks, logps, _, _ = state
-    toks, logps = toks[:, :T], logps[:, :T]
-    # A row's tokens run up to and including its ending token.
+    return finish(toks, logps, s)
+
+
+def prefill(params, prompt_tokens_BP, prompt_mask_BP, cfg: ModelConfig, s: SamplingConfig):
+    """tfm.prefill with the cache in the sampler's KV dtype."""
+    h_BD, prefix = tfm.prefill(params, prompt_tokens_BP, prompt_mask_BP, cfg)
+    kv = kv_dtype(s)
+    return h_BD, {**prefix, "k": prefix["k"].astype(kv), "v": prefix["v"].astype(kv)}
+
+
+def finish(toks_NT, logps_NT, s: SamplingConfig) -> dict:
+    """The output contract from raw draws [N, >= T]: each row up to and including its first
+    ending token; pad, zero log-prob and mask 0 after it."""
+    T = s.max_new_tokens
+    toks, logps = toks_NT[:, :T], logps_NT[:, :T]
     idx = jnp.arange(T)
     ended = jax.vmap(lambda r: _first_end(r, s))(toks)
     length = jnp.where(ended < T, ended + 1, T)

@@ -21,7 +21,7 @@ FLOORS = [  # lowest first: (floor name, module prefixes)
     ("models", ["r1jax.models"]),
     ("tokenizer", ["r1jax.tokenizer", "r1jax.chat_template"]),
     ("data", ["r1jax.data"]),
-    ("sampling", ["r1jax.sampling"]),
+    ("sampling", ["r1jax.sampling", "r1jax.continuous"]),
     ("rewards", ["r1jax.rewards", "r1jax.text_filters"]),
     ("rl", ["r1jax.rl"]),
     ("update/loop", ["r1jax.update", "r1jax.loop", "r1jax.checkpoint", "r1jax.metrics",

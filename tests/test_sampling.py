@@ -86,7 +86,9 @@ def test_top_k_top_p_never_leave_the_kept_set(top_k, top_p):
     rng = np.random.default_rng(top_k)
     logits_NV = rng.normal(0, 2.0, (4, 50)).astype(np.float32)
     s = sampling.SamplingConfig(temperature=1.0, top_k=top_k, top_p=top_p)
-    draw = jax.jit(jax.vmap(lambda k: sampling._pick(k, jnp.asarray(logits_NV), s)[0]))
+    # Each draw: one key per row.
+    pick = lambda k: sampling._pick(jax.random.split(k, 4), jnp.asarray(logits_NV), s)[0]  # noqa: E731
+    draw = jax.jit(jax.vmap(pick))
     toks = np.asarray(draw(jax.random.split(jax.random.key(0), 4000)))  # [draws, N]
     for n in range(4):
         kept = _kept_set(logits_NV[n], top_k, top_p)

@@ -106,6 +106,12 @@ def sampling(**kw) -> dict:
         greedy=False,  # temperature 0 (and no top-p/top-k)
         chunk=32,  # decode steps between checks that every row has ended
         stop=(),  # stop strings, e.g. ("</answer>",)
+        # static: all rows in lockstep until the last ends (fastest for short, even lengths);
+        # continuous: `slots` rows at once, a finished row's slot refilled with the next
+        # (faster for long-tailed lengths). Same completions for the same seed.
+        decoder="static",
+        slots=0,  # continuous decoder: rows decoded at once (0 = num_prompts * num_samples / 4)
+        kv_dtype="auto",  # KV cache: auto (bf16 on accelerators, fp32 on CPU), float32, bfloat16
     )
     unknown = sorted(set(kw) - set(base))
     if unknown:

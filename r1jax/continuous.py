@@ -1,0 +1,154 @@
+"""Continuous-batching decoder: a fixed number of decode slots, refilled as rows end.
+
+The static decoder (`sampling.generate`) advances all B*G rows in lockstep until the longest
+has ended; with long-tailed lengths most of its row-steps compute rows that are already done.
+Here `slots` rows are decoded at once. When a row ends, its slot takes the next pending row
+(prompt-major order, n = b * G + g) in the same step, so every slot-step but those of the last
+rows computes a live row.
+
+KV: every prompt is prefilled once, as in the static decoder, into a prompt store [L,B,...];
+a slot's own cache holds only its completion. A slot attends to [its prompt's KV ; its own KV]
+with one softmax (tfm._decode_attention), the prompt KV gathered per layer by the slot's prompt
+index; a new row reuses the store, so the G samples of a prompt share one prefill, and its
+first token comes from the prompt's stored last logits, with no model call.
+
+Every decision (which slot takes which row, when the loop stops) is made on device inside one
+`lax.while_loop`, so every process of a multi-host job runs the same program. Row n draws its
+t-th token with the key fold_in(fold_in(key, n), t), as in the static decoder: the output is
+the static decoder's, for any slot count, up to float rounding of the logits (tests check).
+
+Cost: fewer row-steps (only live rows, until the last row ends), but each slot attends to a
+cache sized for max_new_tokens (the static decoder grows its cache in phases) and the weights
+are read once per step for `slots` rows instead of B*G. On a tiny CPU model the net gain was
+1.6-1.9x useful tokens/s at 80% of rows ending before a quarter of the limit
+(benchmarks/RESULTS.md); for short, even lengths the static decoder is faster.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from r1jax import sampling
+from r1jax.models import transformer as tfm
+from r1jax.models.config import ModelConfig
+
+
+def num_slots(s: sampling.SamplingConfig, n_rows: int) -> int:
+    """s.slots, at most one per row; 0 = a quarter of the rows (benchmarks/continuous.py)."""
+    return min(s.slots or max(1, n_rows // 4), n_rows)
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "s", "group_size"))
+def generate(
+    params,
+    prompt_tokens_BP,
+    prompt_mask_BP,
+    key,
+    end_at_N=None,
+    *,
+    cfg: ModelConfig,
+    s: sampling.SamplingConfig,
+    group_size: int = 1,
+):
+    """sampling.generate's contract (rows prompt-major, same keys), decoded in s.slots slots."""
+    if cfg.n_experts or cfg.kv_lora_rank:  # its slot decode step is the dense-attention one
+        raise ValueError(
+            "config.sampling.decoder='continuous' supports dense-attention, dense-MLP models only"
+            " (not MoE or MLA yet); use decoder='static'"
+        )
+    G, B = group_size, prompt_tokens_BP.shape[0]
+    N, T = B * G, s.max_new_tokens
+    sampling.check_end_at(end_at_N, N, s)
+    S, T_pad = num_slots(s, N), -(-T // s.chunk) * s.chunk
+    h_BD, prefix = sampling.prefill(params, prompt_tokens_BP, prompt_mask_BP, cfg, s)
+    logits_BV = tfm.logits_from_hidden(params, h_BD, cfg)
+    length_B = prefix["length"].astype(jnp.int32)
+    keys_N = sampling.row_keys(key, N)
+    if cfg.unroll_decode:
+        params, prefix = tfm.unstack_layers(params, prefix)
+    slot = jnp.arange(S)
+
+    def step(state, _):
+        # row_S: the slot's row (N: idle, no rows left); t_S: its next token's index.
+        cache, logits, hist, toks, logps, row, t, pending = state
+        live = row < N
+        r = jnp.minimum(row, N - 1)
+        end_at = None if end_at_N is None else end_at_N[r]
+        tok, logp = sampling.draw_step(keys_N[r], logits, t, end_at, s)
+        hist = hist.at[slot, t].set(tok)
+        # Idle slots write to the spare last row of toks and logps, dropped at the end.
+        toks = toks.at[row, t].set(tok)
+        logps = logps.at[row, t].set(logp)
+        ended = ~live | sampling._ends(hist, t, tok, s) | (t >= T - 1)
+        h, cache = slot_decode_step(
+            params, tok, length_B[r // G] + t, t, r // G, prefix, cache, cfg
+        )
+        # Ended slots take the pending rows in order; once none are left they idle.
+        new_row = jnp.minimum(pending + jnp.cumsum(ended) - 1, N)
+        row = jnp.where(ended, new_row, row)
+        fresh = logits_BV[jnp.minimum(row, N - 1) // G]  # a new row's first logits: its prompt's
+        logits = jnp.where(ended[:, None], fresh, tfm.logits_from_hidden(params, h, cfg))
+        t = jnp.where(ended, 0, t + 1)
+        return (cache, logits, hist, toks, logps, row, t, pending + jnp.sum(ended)), None
+
+    def chunk(state):
+        return jax.lax.scan(step, state, None, length=s.chunk)[0]
+
+    kv = sampling.kv_dtype(s)
+    state = (
+        tfm.init_suffix(cfg, S, T_pad, kv),
+        logits_BV[slot // G],
+        jnp.full((S, T_pad), s.pad_id, jnp.int32),
+        jnp.full((N + 1, T_pad), s.pad_id, jnp.int32),
+        jnp.zeros((N + 1, T_pad), jnp.float32),
+        slot,
+        jnp.zeros((S,), jnp.int32),
+        jnp.asarray(S, jnp.int32),
+    )
+    state = jax.lax.while_loop(lambda st: jnp.any(st[5] < N), chunk, state)
+    return sampling.finish(state[3][:N], state[4][:N], s)
+
+
+def slot_decode_step(params, tok_S, pos_S, t_S, prompt_S, prefix: dict, cache: dict, cfg):
+    """tfm.decode_step for slots at different steps: slot i writes its token's K/V at its own
+    index t_S[i], attends to the prompt prompt_S[i]'s prefix and its own first t_S[i]+1
+    entries. Returns the hidden state [S,D] and the cache. Weights and caches stacked over
+    layers (lax.scan) or per-layer lists (cfg.unroll_decode), as in tfm.decode_step."""
+    v0 = cache["v"][0] if isinstance(cache["v"], list) else cache["v"]
+    valid = (jnp.arange(v0.shape[-2]) <= t_S[:, None])[:, None, None]  # [S,1,1,T]
+    pmask = prefix["mask"][prompt_S]
+    slot = jnp.arange(tok_S.shape[0])
+
+    def new_kv(x, lp):
+        q, k, v = tfm._qkv(x, lp, pos_S[:, None], cfg)
+        return q, k[:, 0], v[:, 0]  # k, v [S,K,Dh]: one column / row per slot
+
+    def attend(x, q, lp, pk, pv, ck, cv):  # ck [S,K,Dh,T], cv [S,K,T,Dh]: this layer's cache
+        o = tfm._decode_attention(q[:, 0], pk[prompt_S], pv[prompt_S], pmask, ck, cv, valid)
+        return tfm._finish_block(x, o, lp, cfg)
+
+    x = tfm.embed(params, tok_S[:, None], cfg)
+    if isinstance(params["layers"], list):
+        ck, cv = list(cache["k"]), list(cache["v"])
+        for i, lp in enumerate(params["layers"]):
+            q, k, v = new_kv(x, lp)
+            ck[i] = ck[i].at[slot, :, :, t_S].set(k.astype(ck[i].dtype))
+            cv[i] = cv[i].at[slot, :, t_S, :].set(v.astype(cv[i].dtype))
+            x = attend(x, q, lp, prefix["k"][i], prefix["v"][i], ck[i], cv[i])
+    else:
+
+        def body(carry, xs):  # the stacked cache is a carry, so it is updated in place
+            x, ck, cv = carry
+            lp, li, pk, pv = xs
+            q, k, v = new_kv(x, lp)
+            ck = ck.at[li, slot, :, :, t_S].set(k.astype(ck.dtype))
+            cv = cv.at[li, slot, :, t_S, :].set(v.astype(cv.dtype))
+            return (attend(x, q, lp, pk, pv, ck[li], cv[li]), ck, cv), None
+
+        xs = (params["layers"], jnp.arange(cfg.n_layers), prefix["k"], prefix["v"])
+        (x, ck, cv), _ = jax.lax.scan(body, (x, cache["k"], cache["v"]), xs)
+    h = tfm.rms_norm(x[:, 0], params["final_norm"], cfg.rms_eps)
+    return h, {"k": ck, "v": cv, "index": cache["index"]}
