@@ -36,6 +36,7 @@ from r1jax import distributed, optim
 from r1jax import sharding as shd
 from r1jax.data import DataIterator
 from r1jax.errors import ConfigError
+from r1jax.models import moe
 from r1jax.rl import losses
 
 f32 = jnp.float32
@@ -273,12 +274,13 @@ def make_train_step(
             new_state = after_update(new_state, {**metrics, **vectors})
         return new_state, metrics
 
-    return jax.jit(
+    jitted = jax.jit(
         step,
         in_shardings=(state_shardings, batch_shardings, *frozen_shardings),
         out_shardings=(state_shardings, None),
         donate_argnums=(0,),
     )
+    return moe.in_expert_mesh(jitted, state_shardings)  # MoE: expert-parallel dispatch
 
 
 def make_scorer(
@@ -308,8 +310,9 @@ def make_scorer(
         return out if rows else _sums(out)
 
     out = out_shardings or (batch_shardings["mask"] if rows else None)
-    return jax.jit(
+    jitted = jax.jit(
         score,
         in_shardings=(param_shardings, batch_shardings, *arg_shardings),
         out_shardings=out,
     )
+    return moe.in_expert_mesh(jitted, param_shardings)  # MoE: expert-parallel dispatch

@@ -143,6 +143,9 @@ def test_hf_parity_generation_and_bit_identical_roundtrip(hf_moe, kind, tmp_path
     assert "model.layers.1.mlp.experts.7.down_proj.weight" in names
     assert not any("gate_up_proj" in n for n in names)
     cfg, params = hf_io.load_hf(path)
+    # One device: no 8-way partitioned programs, and decode_step's outputs are placed like its
+    # inputs, so the loop below compiles it once.
+    params = jax.device_put(params, jax.devices()[0])
     tok, mask = left_padded_batch(np.random.default_rng(0), cfg.vocab_size, [7, 4], 7)
     ref = torch_logits(model, tok, mask)
     got = np.asarray(logits_jit(params, jnp.asarray(tok), jnp.asarray(mask), cfg))
@@ -157,7 +160,7 @@ def test_hf_parity_generation_and_bit_identical_roundtrip(hf_moe, kind, tmp_path
         )[0].numpy()
     ref = torch_logits(model, want[None, :-1], np.ones((1, 7 + steps - 1), np.int32))[0, 6:]
     h, prefix = prefill(params, jnp.asarray(tok[:1]), jnp.asarray(mask[:1]), cfg)
-    suffix = tfm.init_suffix(cfg, 2, steps)
+    suffix = jax.device_put(tfm.init_suffix(cfg, 2, steps), jax.devices()[0])
     if cfg.kv_lora_rank:  # MLA: kv_lora_rank + qk_rope_dim values per token and layer
         assert prefix["kv"].shape == (cfg.n_layers, 1, 7, 16 + 8)
         assert suffix["kv"].shape == (cfg.n_layers, 2, steps, 16 + 8) and "k" not in suffix
@@ -188,7 +191,7 @@ def test_fp8_block_scaled_weights_are_dequantized_on_import(hf_moe, tmp_path):
     w8 = rng.normal(size=(16, 32)).astype(ml_fp8())
     scale = np.array([[0.5]], np.float32)
     tensors[name], tensors[name + "_scale_inv"] = w8, scale
-    tensors["model.layers.3.mlp.gate.weight"] = np.zeros((8, 32), np.float32)  # MTP layer
+    tensors["model.layers.2.mlp.gate.weight"] = np.zeros((8, 32), np.float32)  # MTP layer
     out = tmp_path / "fp8"
     out.mkdir()
     save_file(tensors, str(out / "model.safetensors"))
@@ -228,10 +231,19 @@ def test_preset_parameter_counts_from_shapes_alone():
     assert round((tfm.count_active_params(moon) - emb) / 1e9, 2) == 2.24
 
 
-def test_expert_parallel_equals_single_device():
-    """Experts sharded over an "expert" mesh axis of 4 (x fsdp 2) on 8 fake devices: the loss
-    and every gradient equal the single-device ones within 1e-5 (dropless, V3 routing)."""
+def test_expert_parallel_grpo_step_equals_single_device(monkeypatch):
+    """One GRPO update (objective.grpo_loss through update.make_train_step: 2 micro-batches,
+    the sequence-wise balance loss, the balancing hook) with the experts sharded over an "expert"
+    axis of 4 (x fsdp 2) on 8 fake devices equals the single-device update within 1e-5
+    (dropless, V3 routing with a non-zero bias): the loss and metrics (the forward), and the new
+    parameters, which with SGD at lr 1 are params - gradients, so every gradient is compared.
+    The update builder sets the mesh itself (no jax.set_mesh here), so the step traces the
+    shard_map path: what the GRPO trainer runs."""
+    import optax
+
     from r1jax import sharding as shd
+    from r1jax import update
+    from r1jax.rl import losses, objective
 
     cfg = ModelConfig(
         64, 32, 1, 4, 4, 8, 48, "deepseek_v3", init_std=0.2, n_experts=8, n_experts_per_tok=2,
@@ -240,25 +252,47 @@ def test_expert_parallel_equals_single_device():
     )  # fmt: skip
     params = tfm.init_params(cfg, jax.random.PRNGKey(0))
     params["moe_layers"]["router_bias"] = 0.3 * jax.random.normal(jax.random.PRNGKey(1), (1, 8))
-    tok, mask = left_padded_batch(np.random.default_rng(0), 64, [8, 5, 7, 8], 8)
+    params = jax.tree.map(np.asarray, params)  # host copies: the steps donate their state
+    rng = np.random.default_rng(0)
+    tok, mask = left_padded_batch(rng, 64, [8, 5, 7, 8, 6, 8, 4, 7], 8)
+    rows = {"tokens": tok, "attn": mask, "mask": mask[:, 4:].astype(np.float32)}
+    rows["adv"] = rng.normal(size=8).astype(np.float32)
+    rows["sampler_logp"] = np.zeros((8, 4), np.float32)
+    rows["experts"] = np.argsort(rng.normal(size=(8, 1, 8, 8)), -1)[..., :2].astype(np.int32)
+    loss_fn = functools.partial(
+        objective.grpo_loss, policy_loss=losses.policy_loss, loss_cfg={"beta": 0.0},
+        router_aux_coef=0.1, cfg=cfg, prompt_len=4, temperature=1.0, vocab_chunk=64,
+    )  # fmt: skip
+    prepare = functools.partial(objective.token_weights, loss_type="grpo", max_len=4)
+    opt = optax.sgd(1.0)
+    seen = []  # the expert-axis size each traced MoE layer saw
+    traced = moe.expert_parallelism
+    monkeypatch.setattr(moe, "expert_parallelism", lambda: seen.append(traced()) or seen[-1])
 
-    def loss(p, tok, mask):
-        pos = tfm.positions_from_mask(mask)
-        logp, _ = tfm.target_logprobs(p, tok, pos, mask, cfg)
-        return -(logp * mask[:, 1:]).sum()
+    def one_step(mesh):
+        p = jax.device_put(params, tfm.param_shardings(cfg, mesh))
+        state = update.init_state(p, opt, mesh)
+        batch, bs = update.put_batch(mesh, rows, 4)
+        step = update.make_train_step(
+            loss_fn, opt, state_shardings=update.shardings_of(state), batch_shardings=bs,
+            prepare=prepare, after_update=moe.balancing_hook(cfg, 1e-3),
+        )  # fmt: skip
+        return step(state, batch)
 
-    fn = jax.jit(jax.value_and_grad(loss))
-    ref_loss, ref_grads = fn(params, jnp.asarray(tok), jnp.asarray(mask))
+    ref_state, ref_m = one_step(shd.make_mesh((("fsdp", 1),)))
+    assert seen == [1]
     mesh = shd.make_mesh((("fsdp", 2), ("expert", 4)))
-    sharded = jax.device_put(params, tfm.param_shardings(cfg, mesh))
-    assert sharded["moe_layers"]["we_gate"].sharding.spec[1] == "expert"
-    batch = jax.device_put((jnp.asarray(tok), jnp.asarray(mask)), shd.batch_sharding(mesh, 2))
-    with jax.set_mesh(mesh):
-        assert moe.expert_parallelism() == 4
-        ep_loss, ep_grads = jax.jit(jax.value_and_grad(loss))(sharded, *batch)
-    np.testing.assert_allclose(float(ep_loss), float(ref_loss), rtol=1e-5)
-    for a, b in zip(jax.tree.leaves(ep_grads), jax.tree.leaves(ref_grads), strict=True):
+    assert tfm.param_shardings(cfg, mesh)["moe_layers"]["we_gate"].spec[1] == "expert"
+    ep_state, ep_m = one_step(mesh)
+    assert seen == [1, 4]
+    for k in ("loss", "entropy", "moe_balance_loss", "routing_disagreement", "grad_norm"):
+        np.testing.assert_allclose(float(ep_m[k]), float(ref_m[k]), rtol=1e-5, err_msg=k)
+    assert float(ref_m["grad_norm"]) > 0 and float(ref_m["routing_disagreement"]) > 0
+    got, want = ep_state["params"], ref_state["params"]
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
+    bias = np.asarray(want["moe_layers"]["router_bias"])
+    assert np.abs(bias - np.asarray(params["moe_layers"]["router_bias"])).max() > 0
 
 
 def test_upcycled_moe_equals_its_dense_base_and_routing_replay_is_reported():

@@ -19,9 +19,10 @@ static, so this changes the result, not the compute.
 
 Expert parallelism: with a mesh set (jax.set_mesh) whose "expert" axis is > 1, each device runs
 its own experts over its batch shard's tokens and one psum adds the partial outputs (see
-routed_experts). Balancing: update_router_bias / balancing_hook (after each optimizer step,
-from the step's loads), sequence_balance_loss (optional auxiliary loss). GRPO: routing replay
-(moe_ffn's replay_NTK) and `disagreement`.
+routed_experts); the update builder's jitted functions set their mesh (in_expert_mesh).
+Balancing: update_router_bias / balancing_hook (after each optimizer step, from the step's
+loads), sequence_balance_loss (optional auxiliary loss). GRPO: routing replay (moe_ffn's
+replay_NTK) and `disagreement`.
 
 Einsum letters: t tokens (rows x positions flattened), d model, e experts, f expert hidden,
 k experts per token, a assignments (t*k).
@@ -29,6 +30,7 @@ k experts per token, a assignments (t*k).
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -133,6 +135,24 @@ def expert_parallelism() -> int:
     if mesh.empty or "expert" not in mesh.axis_names:
         return 1
     return mesh.shape["expert"]
+
+
+def in_expert_mesh(fn, shardings):
+    """fn called under jax.set_mesh(mesh) when the mesh of `shardings` (a pytree holding
+    NamedShardings) has an "expert" axis > 1, so that routed_experts traces the expert-parallel
+    path; a jit traced without a mesh set would instead leave GSPMD to shard the expert weights
+    (correct, but an all-gather of them). Any other fn is returned unchanged."""
+    named = [s for s in jax.tree.leaves(shardings) if isinstance(s, jax.sharding.NamedSharding)]
+    if not named or named[0].mesh.shape.get("expert", 1) == 1:
+        return fn
+    mesh = named[0].mesh
+
+    @functools.wraps(fn)
+    def call(*args, **kwargs):
+        with jax.set_mesh(mesh):
+            return fn(*args, **kwargs)
+
+    return call
 
 
 def _grouped_ffn(x_TD, experts_TK, w_TK, w_gate, w_up, w_down, cfg: ModelConfig):
