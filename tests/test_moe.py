@@ -431,9 +431,11 @@ def test_planner_counts_experts_and_the_mla_cache():
 
 def test_grpo_trains_an_upcycled_moe_with_replay_and_balancing(tmp_path):
     """The GRPO stage end to end on a MoE upcycled from the tiny dense test model (experts
-    copied from its MLPs with 5% noise, sigmoid router): 3 steps with routing replay and the
-    sequence-wise balance loss run, report the router metrics and the rollout/update
-    disagreement, and move the balancing bias."""
+    copied from its MLPs with 5% noise, sigmoid router): 24 steps with routing replay and the
+    sequence-wise balance loss report the router metrics and the rollout/update disagreement,
+    move the balancing bias, and raise the reward (share of "7"s; seed 0, lr 1e-2): measured
+    0.003 over the first 4 steps, 0.78 over the last 4. Time budget: 45 s CPU (measured about
+    33 s on the 2-core CI machine, mostly compiling; the 24 steps take about 7 s)."""
     from rl_utils import make_model_dir, tiny_config
 
     from r1jax.metrics import read_metrics
@@ -449,15 +451,17 @@ def test_grpo_trains_an_upcycled_moe_with_replay_and_balancing(tmp_path):
     params = moe.upcycle(dense, cfg, jax.random.PRNGKey(0), noise=0.05)
     moe_dir = str(tmp_path / "moe")
     store.save_model(moe_dir, params, cfg, os.path.join(tmp_path, "dense", "tok"))
-    changes = {"rl.routing_replay": True, "rl.router_aux_coef": 1e-2, "optim.lr": 3e-3}
+    changes = {"rl.routing_replay": True, "rl.router_aux_coef": 1e-2, "optim.lr": 1e-2}
     # no reference model and one update per rollout: fewer functions to compile
     changes.update({"rl.beta": 0.0, "rl.num_minibatches": 1})
-    c = tiny_config(moe_dir, steps=3, **changes)
-    c.ckpt_every = 10
+    c = tiny_config(moe_dir, steps=24, **changes)
+    c.ckpt_every = 100
     trainer = grpo.GRPO(c, str(tmp_path / "run"))
     trainer.run()
     rows = read_metrics(str(tmp_path / "run"))
-    assert len(rows) == 3
+    assert len(rows) == 24
+    reward = [r["train/reward"] for r in rows]
+    assert np.mean(reward[-4:]) > np.mean(reward[:4]) + 0.3, reward
     for r in rows:
         assert 0.0 <= r["train/routing_disagreement"] <= 1.0
         assert 0.0 < r["train/moe_router_entropy"] <= math.log(4)
