@@ -140,8 +140,8 @@ def expert_parallelism() -> int:
 def in_expert_mesh(fn, shardings):
     """fn called under jax.set_mesh(mesh) when the mesh of `shardings` (a pytree holding
     NamedShardings) has an "expert" axis > 1, so that routed_experts traces the expert-parallel
-    path; a jit traced without a mesh set would instead leave GSPMD to shard the expert weights
-    (correct, but an all-gather of them). Any other fn is returned unchanged."""
+    path; a jit traced without a mesh set leaves the expert-sharded weights to GSPMD instead
+    (the same result, with whatever communication it picks). Any other fn is unchanged."""
     named = [s for s in jax.tree.leaves(shardings) if isinstance(s, jax.sharding.NamedSharding)]
     if not named or named[0].mesh.shape.get("expert", 1) == 1:
         return fn
