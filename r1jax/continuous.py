@@ -17,11 +17,13 @@ Every decision (which slot takes which row, when the loop stops) is made on devi
 t-th token with the key fold_in(fold_in(key, n), t), as in the static decoder: the output is
 the static decoder's, for any slot count, up to float rounding of the logits (tests check).
 
-Cost: fewer row-steps (only live rows, until the last row ends), but each slot attends to a
-cache sized for max_new_tokens (the static decoder grows its cache in phases) and the weights
-are read once per step for `slots` rows instead of B*G. On a tiny CPU model the net gain was
-1.6-1.9x useful tokens/s at 80% of rows ending before a quarter of the limit
-(benchmarks/RESULTS.md); for short, even lengths the static decoder is faster.
+Cost: fewer row-steps (only live rows, until the last row ends), and each chunk of steps
+attends to the smallest of 8 cache sizes (1/8 .. 8/8 of the limit, `cache_sizes`) that holds
+its live slots' tokens to the chunk's end, chosen on device (lax.switch; each size compiles the
+step once more). The weights are still read once per step for `slots` rows instead of B*G, and
+each layer gathers the slots' prompt KV. On a tiny CPU model the net gain was ~2x useful
+tokens/s at 80% of rows ending before a quarter of the limit (benchmarks/RESULTS.md); for
+short, even lengths the static decoder is faster.
 """
 
 from __future__ import annotations
@@ -53,7 +55,8 @@ def generate(
     s: sampling.SamplingConfig,
     group_size: int = 1,
 ):
-    """sampling.generate's contract (rows prompt-major, same keys), decoded in s.slots slots."""
+    """sampling.generate's contract (rows prompt-major, same keys), decoded in s.slots slots.
+    key: one key, or one per prompt [B] (see _row_keys)."""
     if cfg.n_experts or cfg.kv_lora_rank:  # its slot decode step is the dense-attention one
         raise ValueError(
             "config.sampling.decoder='continuous' supports dense-attention, dense-MLP models only"
