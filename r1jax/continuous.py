@@ -17,11 +17,13 @@ Every decision (which slot takes which row, when the loop stops) is made on devi
 t-th token with the key fold_in(fold_in(key, n), t), as in the static decoder: the output is
 the static decoder's, for any slot count, up to float rounding of the logits (tests check).
 
-Cost: fewer row-steps (only live rows, until the last row ends), but each slot attends to a
-cache sized for max_new_tokens (the static decoder grows its cache in phases) and the weights
-are read once per step for `slots` rows instead of B*G. On a tiny CPU model the net gain was
-1.6-1.9x useful tokens/s at 80% of rows ending before a quarter of the limit
-(benchmarks/RESULTS.md); for short, even lengths the static decoder is faster.
+Cost: fewer row-steps (only live rows, until the last row ends), and each chunk of steps
+attends to the smallest of 8 cache sizes (1/8 .. 8/8 of the limit, `cache_sizes`) that holds
+its live slots' tokens to the chunk's end, chosen on device (lax.switch; each size compiles the
+step once more). The weights are still read once per step for `slots` rows instead of B*G, and
+each layer gathers the slots' prompt KV. On a tiny CPU model the net gain was ~2x useful
+tokens/s at 80% of rows ending before a quarter of the limit (benchmarks/RESULTS.md); for
+short, even lengths the static decoder is faster.
 """
 
 from __future__ import annotations
@@ -53,7 +55,8 @@ def generate(
     s: sampling.SamplingConfig,
     group_size: int = 1,
 ):
-    """sampling.generate's contract (rows prompt-major, same keys), decoded in s.slots slots."""
+    """sampling.generate's contract (rows prompt-major, same keys), decoded in s.slots slots.
+    key: one key, or one per prompt [B] (see _row_keys)."""
     if cfg.n_experts or cfg.kv_lora_rank:  # its slot decode step is the dense-attention one
         raise ValueError(
             "config.sampling.decoder='continuous' supports dense-attention, dense-MLP models only"
@@ -66,7 +69,7 @@ def generate(
     h_BD, prefix = sampling.prefill(params, prompt_tokens_BP, prompt_mask_BP, cfg, s)
     logits_BV = tfm.logits_from_hidden(params, h_BD, cfg)
     length_B = prefix["length"].astype(jnp.int32)
-    keys_N = sampling.row_keys(key, N)
+    keys_N = _row_keys(key, B, G)
     if cfg.unroll_decode:
         params, prefix = tfm.unstack_layers(params, prefix)
     slot = jnp.arange(S)
@@ -94,8 +97,21 @@ def generate(
         t = jnp.where(ended, 0, t + 1)
         return (cache, logits, hist, toks, logps, row, t, pending + jnp.sum(ended)), None
 
+    def chunk_on(n):  # a chunk of steps that attends to (and writes) the first n cache entries
+        def run(state):
+            out = jax.lax.scan(step, (_head(state[0], n), *state[1:]), None, length=s.chunk)[0]
+            return (sampling._grow_suffix(out[0], state[0]), *out[1:])
+
+        return run
+
+    sizes = cache_sizes(T_pad, s.chunk)
+
     def chunk(state):
-        return jax.lax.scan(step, state, None, length=s.chunk)[0]
+        # The smallest cache size that holds every live slot's tokens to the end of the chunk:
+        # a slot refilled mid-chunk restarts at 0, so t_S + chunk bounds every index written.
+        need = jnp.max(jnp.where(state[5] < N, state[6], 0)) + s.chunk
+        j = jnp.sum(jnp.asarray(sizes) < jnp.minimum(need, T_pad))
+        return jax.lax.switch(j, [chunk_on(n) for n in sizes], state)
 
     kv = sampling.kv_dtype(s)
     state = (
@@ -110,6 +126,35 @@ def generate(
     )
     state = jax.lax.while_loop(lambda st: jnp.any(st[5] < N), chunk, state)
     return sampling.finish(state[3][:N], state[4][:N], s)
+
+
+def _row_keys(key, B: int, G: int):
+    """sampling.row_keys(key, B * G); with one key per prompt (key [B], as evaluation keys each
+    question apart), row b * G + g gets fold_in(key[b], g), as sampling.generate on prompt b."""
+    if key.ndim == 0:
+        return sampling.row_keys(key, B * G)
+    if key.shape != (B,):
+        raise ValueError(f"key: one key or one per prompt ({B},), got shape {key.shape}")
+    return jax.vmap(lambda k: sampling.row_keys(k, G))(key).reshape(B * G)
+
+
+_SIZES = 8  # cache sizes the decode loop chooses from (each compiles the step once more)
+
+
+def cache_sizes(T_pad: int, chunk: int) -> list[int]:
+    """1/8, 2/8, ... of T_pad, in whole chunks: a chunk reads only the smallest size that holds
+    its slots' tokens, not a cache sized for the whole limit."""
+    sizes = {min(T_pad, -(-T_pad * i // (_SIZES * chunk)) * chunk) for i in range(1, _SIZES + 1)}
+    return sorted(sizes)
+
+
+def _head(cache: dict, n: int) -> dict:
+    """The first n entries of each slot's cache (k [..,Dh,T], v [..,T,Dh]; any layout)."""
+    if cache["v"][0].shape[-2] == n:  # the full cache: no copy
+        return cache
+    k = jax.tree.map(lambda a: a[..., :n], cache["k"])
+    v = jax.tree.map(lambda a: a[..., :n, :], cache["v"])
+    return {**cache, "k": k, "v": v}
 
 
 def slot_decode_step(params, tok_S, pos_S, t_S, prompt_S, prefix: dict, cache: dict, cfg):

@@ -16,9 +16,11 @@ RewardStack.correct):
   sample of the winning bucket is correct; with no answer at all it is not. `evaluate` runs the
   equivalence checks in the reward pool (`vote`), so a pathological answer is timed out there.
 
-Samples of question i use the key fold_in(key(seed), i), and every prompt of a benchmark is
-padded to one length, so a question's samples do not depend on which questions share its batch:
-an interrupted `run` resumes without redoing finished questions and ends with the same samples.
+Samples of question i use the key fold_in(key(seed), i) with either decoder (sampling.decoder;
+the continuous one refills its slots across a batch's questions), and every prompt of a
+benchmark is padded to one length, so a question's samples do not depend on which questions
+share its batch: an interrupted `run` resumes without redoing finished questions and ends with
+the same samples.
 
 `evaluate` is what GRPO's periodic evaluation and the evaluate stage (r1jax/stages/evaluate.py:
 a checkpoint on a benchmark, resumably) call. Multi-host: each batch of questions is split over
@@ -36,7 +38,7 @@ from collections import defaultdict
 import jax
 import numpy as np
 
-from r1jax import distributed, rollout, sampling
+from r1jax import continuous, distributed, rollout, sampling
 from r1jax import sharding as shd
 from r1jax.rewards.math import answers_equivalent, extract_answer
 
@@ -171,18 +173,23 @@ def encode_questions(examples, template, tokenizer, max_prompt_len: int):
 
 @functools.lru_cache(maxsize=16)
 def _sampler(cfg, s, k: int, out_shardings):
-    """sampling.generate for each prompt alone (vmap), keyed by its question index."""
+    """k samples of each prompt, keyed by its question index i (key fold_in(key(seed), i)): the
+    static decoder runs each prompt alone (vmap); the continuous one (s.decoder) runs the batch
+    in its slots with one key per prompt, which gives the same rows."""
 
     def run(params, tokens_BP, mask_BP, index_B, seed):
-        base = jax.random.key(seed)
+        keys_B = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(seed), i))(index_B)
+        if s.decoder == "continuous":
+            return continuous.generate(
+                params, tokens_BP, mask_BP, keys_B, cfg=cfg, s=s, group_size=k
+            )
 
-        def one(tokens_P, mask_P, i):
-            key = jax.random.fold_in(base, i)
+        def one(tokens_P, mask_P, key):
             return sampling.generate(
                 params, tokens_P[None], mask_P[None], key, cfg=cfg, s=s, group_size=k
             )
 
-        out = jax.vmap(one)(tokens_BP, mask_BP, index_B)
+        out = jax.vmap(one)(tokens_BP, mask_BP, keys_B)
         return {n: v.reshape((-1, *v.shape[2:])) for n, v in out.items()}
 
     return jax.jit(run, out_shardings=dict(out_shardings), static_argnums=(4,))

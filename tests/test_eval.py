@@ -11,7 +11,7 @@ from fractions import Fraction
 import pytest
 from rl_utils import make_model_dir
 
-from r1jax import configs, sampling
+from r1jax import configs, continuous, sampling
 from r1jax import evaluation as E
 from r1jax.configs import eval as eval_configs
 from r1jax.data import DataError, templates
@@ -204,6 +204,25 @@ def test_greedy_equals_argmax_sampling(model_dir, tmp_path):
     )
     ref = sampling.sample_texts(params, cfg, tok, prompts, greedy)
     assert [r["completion"] for r in rows] == [r["completion"] for r in ref]
+
+
+def test_continuous_decoder_gives_the_static_samples(model_dir, tmp_path, monkeypatch):
+    """sampling.decoder="continuous" runs continuous.generate over each batch (3 slots for its
+    2 questions x 2 samples) and gives the same samples and summary as the per-question static
+    decoder: each question keeps its own key, fold_in(key(seed), question index)."""
+    calls = []
+    orig = continuous.generate
+    monkeypatch.setattr(continuous, "generate", lambda *a, **k: calls.append(1) or orig(*a, **k))
+    c = tiny(model_dir)  # T = 0.6, top-p 0.95
+    static = ev.run(c, str(tmp_path / "s"))
+    assert not calls
+    cont = ev.run(configs.override(c, {"sampling.decoder": "continuous", "sampling.slots": 3}),
+                  str(tmp_path / "c"))  # fmt: skip
+    assert calls
+    assert _read(tmp_path / "c" / ev.SAMPLES) == _read(tmp_path / "s" / ev.SAMPLES)
+    assert {k: v for k, v in cont.items() if k != "config"} == {
+        k: v for k, v in static.items() if k != "config"
+    }
 
 
 # -- bad input ------------------------------------------------------------------------------------
