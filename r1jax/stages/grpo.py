@@ -368,17 +368,14 @@ class GRPO:
         P = rows["tokens"].shape[1] - c.sampling.max_new_tokens
         train = state["train"]
         with self.timer("score"):  # reference and old-policy log-probs, once per rollout
-            rows["old_logp"], rows["ref_logp"] = self._score(
+            # MoE: the rollout policy's routing, for replay and the disagreement metric.
+            rows["old_logp"], rows["ref_logp"], rows["experts"] = self._score(
                 rows,
                 P,
                 train["params"] if rl.num_minibatches > 1 or rl.num_epochs > 1 else None,
                 state.get("ref"),
+                experts_of=train["params"] if self.cfg.n_experts else None,
             )
-            if self.cfg.n_experts:  # the rollout policy's routing: replay and disagreement
-                inputs = {k: rows[k] for k in ("tokens", "attn", "mask")}
-                batch, sh, _ = put_rows(self.mesh, inputs, *self.layout)
-                experts = self._scorer(P, sh, objective.rollout_experts)(train["params"], batch)
-                rows["experts"] = update.unsplit(experts)
             rows = {k: v for k, v in rows.items() if v is not None}
         if "future" in exp:
             self._rewards(exp, exp.pop("future"))
@@ -401,11 +398,13 @@ class GRPO:
         samples = experience.sample_rows(exp, self.c.get("num_samples_logged", 8))
         return state, self._metrics(exp, adv_stats, updates, draws, train), samples
 
-    def _score(self, rows: dict, P: int, *params):
+    def _score(self, rows: dict, P: int, *params, experts_of=None):
         """Masked log-probs [N, T] of this process's completions under each of `params` (None
-        gives None): the old policy (before any update of this rollout) and the reference."""
-        if all(p is None for p in params):
-            return params
+        gives None): the old policy (before any update of this rollout) and the reference; last,
+        with `experts_of` (MoE), the rollout policy's expert choices under those parameters (else
+        None). The rows go to the devices once for all of them."""
+        if all(p is None for p in params) and experts_of is None:
+            return (*params, None)
         inputs = {k: rows[k] for k in ("tokens", "attn", "mask")}
         batch, sh, index = put_rows(self.mesh, inputs, *self.layout)
         out = []
@@ -414,7 +413,11 @@ class GRPO:
             if logp is not None and index is not None:
                 logp = experience.unpack(logp, index, rows["mask"].shape[1])
             out.append(logp)
-        return out
+        if experts_of is not None:  # padded rows only (rl.pack is refused for MoE policies)
+            experts_of = update.unsplit(
+                self._scorer(P, sh, objective.rollout_experts)(experts_of, batch)
+            )
+        return (*out, experts_of)
 
     def _blocks(self) -> range:
         """The mesh's batch shards (device blocks of rows) that hold this process's rows."""
