@@ -89,6 +89,16 @@ def majority_vote(answers, equivalent=answers_equivalent) -> tuple[int | None, i
     return first[best], votes[best]
 
 
+def answer_rule(rewards) -> dict:
+    """extract_answer's keywords matching a config's `rewards.accuracy` (math_accuracy's
+    `last_number_fallback` and `boxes`), so that cons@k votes on the answers the reward reads."""
+    kw = rewards.accuracy.get("kwargs", {}) if "accuracy" in rewards else {}
+    return {
+        "fallback": "last_number" if kw.get("last_number_fallback", False) else "none",
+        "boxes": kw.get("boxes", "final"),
+    }
+
+
 def vote(answer_lists, pool) -> list[int | None]:
     """Majority-vote winners (sample indices) of several questions at once.
 
@@ -228,14 +238,15 @@ def evaluate(
     pass_ks=(),
     indices=None,
     on_batch=None,
-    answer_fallback: str = "none",
+    answer_rule: dict | None = None,
 ):
     """Samples k completions for each question (those at `indices`, default all) and scores them.
 
     Returns (summary, per-sample records of every host); see `summarize` for the summary keys
     ("pass@1", "completion_len", "truncated_frac", f"cons@{k}", ...). `on_batch(records)` runs
     after each batch (to append to a file, move a bar); when it returns True, evaluation stops.
-    `answer_fallback` is extract_answer's fallback for the voted answers (match the reward's).
+    `answer_rule`: extract_answer's keywords for the voted answers (`answer_rule(rewards)`, so
+    that cons@k reads answers as the accuracy reward does); default: boxed or tagged, last box.
     """
     if k < 1:
         raise ValueError(f"k (samples per question) must be >= 1, got {k}")
@@ -258,7 +269,7 @@ def evaluate(
         real = [q for q in range(mine.start, mine.stop) if q < len(idx)]  # padding copies dropped
         out = {n: v[: len(real) * k] for n, v in out.items()}
         qs = [idx[q] for q in real]
-        batch = _score(examples, texts, qs, out, tokenizer, stack, k, answer_fallback)
+        batch = _score(examples, texts, qs, out, tokenizer, stack, k, answer_rule or {})
         batch = [r for part in distributed.gather_objects(batch) for r in part]
         records += batch
         if on_batch is not None and on_batch(batch):
@@ -266,7 +277,7 @@ def evaluate(
     return summarize(records, k, pass_ks), records
 
 
-def _score(examples, texts, qs, out, tok, stack, k, answer_fallback) -> list[dict]:
+def _score(examples, texts, qs, out, tok, stack, k, answer_rule: dict) -> list[dict]:
     """Records of this process's questions `qs` (k rows each in `out`)."""
     if not qs:
         return []
@@ -274,7 +285,7 @@ def _score(examples, texts, qs, out, tok, stack, k, answer_fallback) -> list[dic
     exs = [examples[i] for i in qs]
     prompts = [texts[i] for i in qs for _ in range(k)]
     res = stack(prompts, comps, rollout.reward_fields(exs, k, out))
-    answers = [extract_answer(comp, fallback=answer_fallback) for comp in comps]
+    answers = [extract_answer(comp, **{"fallback": "none", **answer_rule}) for comp in comps]
     winners = vote([answers[q * k : (q + 1) * k] for q in range(len(qs))], stack.pool)
     batch = []
     for n, comp in enumerate(comps):

@@ -272,3 +272,20 @@ def test_bad_config_and_data_are_named(model_dir, tmp_path):
     c = tiny(model_dir, benchmark="gsm8k", **{"data.path": str(gsm8k)})
     with pytest.raises(DataError, match=r"gsm8k.jsonl, line 2: field 'answer': missing"):
         ev.run(c, str(tmp_path / "w"))
+
+
+@pytest.mark.parametrize("boxes", ["final", "all_equal"])
+@pytest.mark.parametrize("fallback", [False, True])
+def test_cons_at_k_reads_answers_as_the_accuracy_reward_does(model_dir, boxes, fallback):
+    """The voted answers follow the configured accuracy reward's `boxes` and
+    `last_number_fallback`: an answer is extracted exactly when the reward can score it."""
+    from r1jax.rewards.math import math_accuracy
+
+    kw = {"boxes": boxes, "last_number_fallback": fallback}
+    c = tiny(model_dir, **{"rewards.accuracy.kwargs": kw})
+    rule = E.answer_rule(c.rewards)
+    assert rule == {"boxes": boxes, "fallback": "last_number" if fallback else "none"}
+    comps = [r"\boxed{4} then \boxed{5}", r"\boxed{5} and \boxed{5}", "so it is 5", "none"]
+    scored = math_accuracy([""] * 4, comps, answer=["5"] * 4, **kw)
+    assert [extract_answer(x, **rule) == "5" for x in comps] == [v == 1.0 for v in scored]
+    assert E.answer_rule(tiny(model_dir, benchmark="countdown").rewards)["fallback"] == "none"

@@ -222,7 +222,6 @@ def _sample(c, questions, todo, path, stop_after) -> None:
             stop_after is not None and finished >= stop_after
         )
 
-    fallback = c.rewards.accuracy.kwargs.get("last_number_fallback", False)
     with loop.StopSignal() as stop:
         try:
             evaluation.evaluate(
@@ -240,7 +239,7 @@ def _sample(c, questions, todo, path, stop_after) -> None:
                 seed=c.seed,
                 indices=todo,
                 on_batch=on_batch,
-                answer_fallback="last_number" if fallback else "none",
+                answer_rule=evaluation.answer_rule(c.rewards),
             )
         finally:
             bar.close()

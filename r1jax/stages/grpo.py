@@ -462,6 +462,7 @@ class GRPO:
             max_prompt_len=e.sampling.max_prompt_len,
             mesh=self.mesh,
             seed=self.c.seed,
+            answer_rule=evaluation.answer_rule(self.c.rewards),
         )
         m = {
             "eval/pass@1": summary["pass@1"],
