@@ -217,7 +217,13 @@ def ml_fp8():
 
 def test_preset_parameter_counts_from_shapes_alone():
     """Totals within 0.5% of the published ones; activated counts truncate to the published
-    (rounded-down) figures: DeepSeek-V3 671B / 37B, Qwen3-30B-A3B 30.5B / 3.3B."""
+    (rounded-down) figures: DeepSeek-V3 671B / 37B, Qwen3-30B-A3B 30.5B / 3.3B.
+
+    The issue's 0.5% for the activated counts is not met, and no one convention meets it for
+    both: the shapes give 37.55B / 3.353B with the embedding table and LM head (1.5% / 1.6%
+    above), 36.63B / 3.042B without the input table (a token reads one row). DeepSeek's
+    README_WEIGHTS says 36.7B "including 0.9B for Embedding and 0.9B for the output Head", which
+    matches the second count, not the first; Qwen's 3.3B matches only the first, truncated."""
     for name, total, active in [("deepseek-v3", 671e9, 37e9), ("qwen3-30b-a3b", 30.5e9, 3.3e9)]:
         cfg = get_preset(name)
         n, a = tfm.count_params(cfg), tfm.count_active_params(cfg)

@@ -243,7 +243,8 @@ def check_context(cfg: ModelConfig, prompt_len: int, max_new_tokens: int, where:
 _DEEPSEEK_MLA = dict(kv_lora_rank=512, qk_rope_dim=64, v_head_dim=128, rope_interleave=True)
 PRESETS.update(
     {
-        # deepseek-ai/DeepSeek-V3 (and -R1, -R1-Zero, -V3-Base): 671B total, 37B activated.
+        # deepseek-ai/DeepSeek-V3 (and -R1, -R1-Zero, -V3-Base): 671B total, 37B activated
+        # (README_WEIGHTS: 36.7B; counts from these shapes in tests/test_moe.py).
         "deepseek-v3": ModelConfig(
             129_280,
             7168,
