@@ -148,15 +148,14 @@ def overrides_of(section) -> dict:
 def cpu_safe(section) -> dict:
     """The ModelConfig overrides of `section`, with a bf16/fp16 compute dtype turned into fp32 on
     CPU (one line says so) unless `section.cpu_fp32` is False: XLA:CPU computes low-precision
-    dots through fp32 temporaries, slower than fp32 itself (the embedded GRPO run: ~1.35x the CPU
+    dots through fp32 temporaries, slower than fp32 itself (the embedded GRPO run: 1.2-1.4x the CPU
     time, benchmarks/RESULTS.md), and the tests compare CPU runs against fp32 references.
     cpu_fp32=False keeps the dtype (to measure bf16 numerics)."""
     overrides = overrides_of(section)
     low = overrides.get("dtype") in ("bfloat16", "float16")
     if low and jax.default_backend() == "cpu" and section.get("cpu_fp32", True):
         log.warning(
-            "compute dtype %s -> float32 on CPU (no low-precision dots; model.cpu_fp32=False "
-            "keeps it)",
+            "compute dtype %s -> float32 on CPU (faster there; model.cpu_fp32=False keeps it)",
             overrides["dtype"],
         )
         return {**overrides, "dtype": "float32"}
