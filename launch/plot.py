@@ -4,9 +4,11 @@ with held-out pass@1, completion length and the reward components; training seri
 
   python launch/plot.py --workdir=/tmp/r1zero                # -> /tmp/r1zero/curves.png
   python launch/plot.py --workdir=/tmp/r1zero --out=curves.png --smooth=15 --title="lr 3e-4"
+  python launch/plot.py --workdir=/tmp/a --also=/tmp/b --keys=train/reward,eval/pass@1
 
 Flags: --workdir (required), --out (default WORKDIR/curves.png), --smooth (odd, 1: none),
---title. The same command is the console script `r1jax-plot` (r1jax.plotting:main).
+--title; --also (more runs: one panel per --keys metric, one line per run, -> WORKDIR/compare.png
+by default). The same command is the console script `r1jax-plot` (r1jax.plotting:main).
 """
 
 from absl import app, flags

@@ -3,12 +3,18 @@ completion length, and the reward components.
 
   python launch/plot.py --workdir=/tmp/r1zero            # writes /tmp/r1zero/curves.png
   r1jax-plot --workdir=/tmp/r1zero --out=curves.png --smooth=15
+  python launch/plot.py --workdir=/tmp/a --also=/tmp/b,/tmp/c   # -> /tmp/a/compare.png
 
 Training series are noisy (one rollout per point), so each is drawn twice: the raw points as a
 faint line and a centred moving average over `smooth` logged points as a solid line (centred,
 not an EMA, so the smoothed curve does not lag behind a rising one; the window shrinks to the
 points that exist near the ends). Held-out evaluations (eval/pass@1, eval/completion_len) are
 already averages over many samples: drawn as they are, with markers.
+
+`--also` compares runs instead: one panel per `--keys` metric, one line per run (named by its
+directory), as logged (no smoothing: short runs are read point by point), eval/* with markers; a
+panel whose values span more than two decades (a log-prob gap, fp32 beside bf16) is drawn on a
+log axis.
 
 `figure(rows)` returns the matplotlib Figure (no pyplot: no global state, any backend);
 lines carry gids "raw:KEY", "smoothed:KEY" and "eval:KEY" for whoever inspects it.
@@ -33,6 +39,7 @@ PANELS = (
     ("completion length", "tokens", ("train/completion_len",), ("eval/completion_len",)),
 )
 COMPONENTS = ("reward components", "reward per completion (unweighted)")
+COMPARE_KEYS = ("train/reward", "train/accuracy", "eval/pass@1", "train/sampler_logp_gap")
 
 
 def moving_average(values, window: int) -> np.ndarray:
@@ -97,6 +104,46 @@ def figure(rows: list[dict], title: str | None = None, smooth: int = SMOOTH) -> 
     return fig
 
 
+def compare_figure(runs: dict[str, list[dict]], keys=COMPARE_KEYS, title=None) -> Figure:
+    """Runs (name -> metrics rows) side by side: one panel per key, one line per run."""
+    n_rows = (len(keys) + 1) // 2
+    fig = Figure(figsize=(10, 3.5 * n_rows), layout="constrained")
+    axes = fig.subplots(n_rows, 2, squeeze=False).ravel()
+    for ax, key in zip(axes, keys):
+        values = []
+        for i, (name, rows) in enumerate(runs.items()):
+            x, y = series(rows, key)
+            if len(x):
+                marker = "o" if key.startswith("eval/") else "."
+                style = dict(color=f"C{i}", marker=marker, ms=4, lw=1.2)
+                ax.plot(x, y, **style, gid=f"{name}:{key}", label=name)
+                values.append(y)
+        y = np.concatenate(values) if values else np.zeros(0)
+        if len(y) and (y > 0).all() and y.max() > 100 * y.min():
+            ax.set_yscale("log")
+        ax.set(title=key, xlabel="step")
+        ax.grid(alpha=0.3)
+        if values:
+            ax.legend(fontsize=8)
+        else:
+            ax.text(0.5, 0.5, "not logged", ha="center", va="center", transform=ax.transAxes)
+    for ax in axes[len(keys) :]:
+        ax.set_axis_off()
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def plot_runs(workdirs, out, keys=COMPARE_KEYS, title: str | None = None) -> str:
+    """Draws the runs' `keys` into the PNG `out` (compare_figure); returns `out`."""
+    runs = {os.path.basename(os.path.abspath(str(w))): read_metrics(w) for w in workdirs}
+    empty = [name for name, rows in runs.items() if not rows]
+    if empty:
+        raise ValueError(f"{empty}: metrics.jsonl has no rows to plot")
+    compare_figure(runs, tuple(keys), title).savefig(out, dpi=100)
+    return str(out)
+
+
 def plot(workdir, out, title: str | None = None, smooth: int = SMOOTH) -> str:
     """Draws WORKDIR/metrics.jsonl into the PNG `out`; returns `out`."""
     rows = read_metrics(workdir)
@@ -112,6 +159,8 @@ def define_flags(fv: flags.FlagValues) -> None:
     flags.DEFINE_string("out", None, "PNG path (default: WORKDIR/curves.png)", flag_values=fv)
     flags.DEFINE_integer("smooth", SMOOTH, "odd moving-average window (1: none)", flag_values=fv)
     flags.DEFINE_string("title", None, "figure title (default: the workdir's name)", flag_values=fv)
+    flags.DEFINE_list("also", [], "more run directories: compare runs key by key", flag_values=fv)
+    flags.DEFINE_list("keys", list(COMPARE_KEYS), "the metrics --also compares", flag_values=fv)
     flags.mark_flag_as_required("workdir", flag_values=fv)
     flags.register_validator(
         "smooth", lambda w: w >= 1 and w % 2 == 1, "--smooth: an odd window >= 1", flag_values=fv
@@ -119,6 +168,9 @@ def define_flags(fv: flags.FlagValues) -> None:
 
 
 def plot_from_flags(fv: flags.FlagValues) -> str:
+    if fv.also:
+        out = fv.out or os.path.join(fv.workdir, "compare.png")
+        return plot_runs([fv.workdir, *fv.also], out, fv.keys, fv.title)
     out = fv.out or os.path.join(fv.workdir, "curves.png")
     return plot(fv.workdir, out, fv.title, fv.smooth)
 

@@ -32,7 +32,7 @@ def test_every_config_loads_with_its_documented_arguments(name):
         configs.load(f"{name}:{arg}")
     # One dialect: the same sections under the same names wherever they appear.
     for section, keys in [
-        ("model", {"init", "preset", "overrides"}),
+        ("model", {"init", "preset", "cpu_fp32", "overrides"}),
         ("sampling", set(common.sampling())),
         ("optim", set(common.optim())),
         ("reward_pool", {"workers", "timeout_s"}),
@@ -63,6 +63,7 @@ OVERRIDES = [  # (flag, dotted key, value it must give)
     ("--config.rewards.format.weight=0.5", "rewards.format.weight", 0.5),
     ("--config.model.overrides.dtype=bfloat16", "model.overrides.dtype", "bfloat16"),
     ("--config.model.overrides.n_layers=2", "model.overrides.n_layers", 2),
+    ("--config.model.cpu_fp32=false", "model.cpu_fp32", False),
     ("--config.rl.dual_clip=3.0", "rl.dual_clip", 3.0),
     ("--config.eval.sampling.num_samples=8", "eval.sampling.num_samples", 8),
     ("--config.data.kwargs={'test_size': 64}", "data.kwargs", {"test_size": 64}),

@@ -1,5 +1,6 @@
 """What a run leaves behind: TensorBoard tags equal to the metric keys, no empty workdir after a
-run that failed at set-up, and a bf16 model config that runs on a CPU-only machine."""
+run that failed at set-up, and a bf16 model config that runs on a CPU-only machine (in fp32 by
+default, in bf16 with model.cpu_fp32=False)."""
 
 import logging
 
@@ -54,5 +55,23 @@ def test_a_bf16_model_config_computes_in_fp32_on_cpu(caplog):
     assert params["embed"].dtype == jnp.bfloat16
     assert "compute dtype bfloat16 -> float32 on CPU" in caplog.text
     tokens = jnp.asarray([[1, 5, 9, 4]], jnp.int32)
-    z = logits(params, tokens, jnp.ones_like(tokens), cfg)  # bf16 dots would fail on XLA:CPU
+    z = logits(params, tokens, jnp.ones_like(tokens), cfg)
     assert z.dtype == jnp.float32 and bool(jnp.isfinite(z).all())
+
+
+def test_cpu_fp32_false_computes_in_bf16_on_cpu(caplog):
+    """The opt-out keeps the bf16 compute dtype: logits differ from the fp32 model's by bf16
+    rounding (~1e-2 of their scale), far above fp32's (~1e-6), and stay close to them."""
+    section = configs.load("r1zero:model=embedded").model
+    section.overrides.update(dtype="bfloat16")
+    section.cpu_fp32 = False
+    with caplog.at_level(logging.WARNING):
+        cfg, params, _ = store.load_or_init(section, None)
+    assert cfg.dtype == "bfloat16" and cfg.param_dtype == "float32"
+    assert "-> float32" not in caplog.text
+    assert store.config_of(section).dtype == "bfloat16"  # the one decision, both readers
+    tokens = jnp.asarray([[1, 5, 9, 4, 7, 2, 8, 3]], jnp.int32)
+    z16 = logits(params, tokens, jnp.ones_like(tokens), cfg)
+    z32 = logits(params, tokens, jnp.ones_like(tokens), cfg.replace(dtype="float32"))
+    err, scale = float(jnp.abs(z16 - z32).max()), float(jnp.abs(z32).max())
+    assert 1e-3 * scale < err < 5e-2 * scale, (err, scale)

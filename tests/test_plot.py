@@ -123,3 +123,36 @@ def test_png_written_from_the_command_line_flags(tmp_path):
     assert matplotlib.image.imread(out).shape == (700, 1000, 4)  # 10 x 7 inches at 100 dpi
     with pytest.raises(flags.IllegalFlagValueError, match="odd window"):
         fv(["r1jax-plot", f"--workdir={tmp_path}", "--smooth=2"])
+
+
+def test_runs_compared_key_by_key_with_a_log_axis_for_a_wide_gap(tmp_path):
+    """--also: one panel per key, one line per run (named by its directory) holding exactly the
+    logged points; a gap spanning fp32 (1e-7) and bf16 (1e-3) levels goes on a log axis."""
+    a, b = tmp_path / "fp32", tmp_path / "bf16"
+    for wd, gap in ((a, 1e-7), (b, 1e-3)):
+        wd.mkdir()
+        rows = [{**r, "train/sampler_logp_gap": gap * r["step"]} for r in make_rows()[1:]]
+        rows = make_rows()[:1] + rows
+        (wd / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    fv = flags.FlagValues()
+    plotting.define_flags(fv)
+    keys = "train/reward,eval/pass@1,train/sampler_logp_gap"
+    fv(["r1jax-plot", f"--workdir={a}", f"--also={b}", f"--keys={keys}"])
+    out = plotting.plot_from_flags(fv)
+    assert out == str(a / "compare.png") and matplotlib.image.imread(out).shape[1] == 1000
+    fig = plotting.compare_figure(
+        {"fp32": plotting.read_metrics(a), "bf16": plotting.read_metrics(b)}, keys.split(",")
+    )
+    reward, pass1, gap, spare = fig.axes
+    assert [ax.get_title() for ax in (reward, pass1, gap)] == keys.split(",")
+    assert not spare.axison  # 3 keys on a 2 x 2 grid
+    assert sorted(lines(reward)) == ["bf16:train/reward", "fp32:train/reward"]
+    line = lines(reward)["fp32:train/reward"]
+    steps = [s for s in range(1, 13) if REWARD[s - 1] is not None]
+    assert list(line.get_xdata()) == steps  # the null step dropped
+    assert list(line.get_ydata()) == [r for r in REWARD if r is not None]
+    ev = lines(pass1)["bf16:eval/pass@1"]
+    assert (list(ev.get_ydata()), ev.get_marker()) == ([0.25, 0.5, 0.75], "o")
+    np.testing.assert_allclose(lines(gap)["bf16:train/sampler_logp_gap"].get_ydata()[-1], 12e-3)
+    assert gap.get_yscale() == "log" and reward.get_yscale() == "linear"
+    assert [t.get_text() for t in gap.get_legend().get_texts()] == ["fp32", "bf16"]

@@ -58,7 +58,10 @@ MODEL_FIELDS = {f.name: _field_type(str(f.type)) for f in dataclasses.fields(Mod
 def model(init: str = EMBEDDED, preset: str = "tiny", **overrides) -> ml_collections.ConfigDict:
     """init: a model directory (r1jax or Hugging Face), "embedded" (the shipped base model) or ""
     (random weights of `preset`). overrides: ModelConfig fields (dtype, remat, d_model...); every
-    field is declared, None meaning "the model's own value"."""
+    field is declared, None meaning "the model's own value". cpu_fp32: on a CPU-only machine a
+    bfloat16/float16 compute `dtype` computes in float32 (faster there, and what the tests
+    compare); False keeps the low-precision dtype (bf16 numerics on CPU). Storage
+    (`param_dtype`) is never changed."""
     unknown = sorted(set(overrides) - set(MODEL_FIELDS))
     if unknown:
         raise KeyError(
@@ -68,7 +71,7 @@ def model(init: str = EMBEDDED, preset: str = "tiny", **overrides) -> ml_collect
     for name, kind in MODEL_FIELDS.items():
         value = overrides.get(name)
         ov[name] = config_dict.placeholder(kind) if value is None else value
-    return ml_collections.ConfigDict(dict(init=init, preset=preset, overrides=ov))
+    return ml_collections.ConfigDict(dict(init=init, preset=preset, cpu_fp32=True, overrides=ov))
 
 
 def tokenizer(path: str = "", **extra) -> dict:

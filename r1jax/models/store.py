@@ -145,11 +145,18 @@ def overrides_of(section) -> dict:
     return {k: (tuple(v) if isinstance(v, list) else v) for k, v in ov.items() if v is not None}
 
 
-def cpu_safe(overrides: dict) -> dict:
-    """XLA:CPU has no bf16 x bf16 dot with fp32 output: compute in fp32 on CPU, with a note."""
-    if jax.default_backend() == "cpu" and overrides.get("dtype") in ("bfloat16", "float16"):
+def cpu_safe(section) -> dict:
+    """The ModelConfig overrides of `section`, with a bf16/fp16 compute dtype turned into fp32 on
+    CPU (one line says so) unless `section.cpu_fp32` is False: XLA:CPU computes low-precision
+    dots through fp32 temporaries, slower than fp32 itself (the embedded GRPO run: 1.2-1.4x the CPU
+    time, benchmarks/RESULTS.md), and the tests compare CPU runs against fp32 references.
+    cpu_fp32=False keeps the dtype (to measure bf16 numerics)."""
+    overrides = overrides_of(section)
+    low = overrides.get("dtype") in ("bfloat16", "float16")
+    if low and jax.default_backend() == "cpu" and section.get("cpu_fp32", True):
         log.warning(
-            "compute dtype %s -> float32 on CPU (no low-precision dots)", overrides["dtype"]
+            "compute dtype %s -> float32 on CPU (faster there; model.cpu_fp32=False keeps it)",
+            overrides["dtype"],
         )
         return {**overrides, "dtype": "float32"}
     return overrides
@@ -161,7 +168,7 @@ def load_or_init(section, mesh, *, vocab_size: int | None = None, seed: int = 0)
     init: a model directory (r1jax or Hugging Face), "embedded", or "" for random weights of
     `preset`; overrides: ModelConfig fields (dtype, remat...), None meaning the model's own.
     """
-    overrides = cpu_safe(overrides_of(section))
+    overrides = cpu_safe(section)
     init = section.get("init", "")
     if init:
         cfg, params = load_model(init, mesh, **overrides)
@@ -174,7 +181,7 @@ def load_or_init(section, mesh, *, vocab_size: int | None = None, seed: int = 0)
 
 def config_of(section, *, vocab_size: int | None = None) -> ModelConfig:
     """The ModelConfig a `model` section names, read without loading any weights."""
-    overrides = cpu_safe(overrides_of(section))
+    overrides = cpu_safe(section)
     init = section.get("init", "")
     if not init:
         if vocab_size is not None:

@@ -514,7 +514,10 @@ def _decode_attention(q_NHh, prefix_k, prefix_v, prefix_mask, k_NKhS, v_NKSh, va
     b, K = prefix_k.shape[:2]
     g, r = n // b, H // K
     q = (q_NHh / math.sqrt(dh)).astype(q_NHh.dtype).reshape(b, g, K, r, dh)
-    s_pre = jnp.einsum("bgkrh,bkhp->bgkrp", q, prefix_k, preferred_element_type=f32)
+    # (b, k) batch axes first in the output: XLA:CPU has no bf16 x bf16 -> fp32 dot for the
+    # "bgkrp" order ("Unsupported element type for DotThunk"); the fp32 result is bit-identical.
+    s_pre = jnp.einsum("bgkrh,bkhp->bkgrp", q, prefix_k, preferred_element_type=f32)
+    s_pre = s_pre.transpose(0, 2, 1, 3, 4)
     s_pre = jnp.where(prefix_mask[:, None, None, None], s_pre, NEG_INF)
     s_own = jnp.einsum(
         "nkrh,nkhs->nkrs", q.reshape(n, K, r, dh), k_NKhS, preferred_element_type=f32

@@ -78,6 +78,11 @@ truncated completions are the longest, whose sequence-level ratio (a product ove
 max_new_tokens tokens) strays furthest, so sequence-level mis drops them first: it then acts as
 a length-biased filter and the masked share grows with response length; token-level tis/mis
 does not depend on length. DAPO's soft overlong penalty is a reward and does not interact.
+Measured on the embedded run (benchmarks/RESULTS.md): in fp32 sampler and trainer agree to
+~1e-7 per token; with bf16 compute and a bf16 KV cache, |log rho| is 4e-4 on average and at
+most 0.46 per token, and rho peaked at 1.26 per token and 1.37 per (<= 64-token) sequence. The
+default thresholds (2; [0, 3]) never act there: tis only multiplies each term by rho, and mis
+leaves the run bit-identical to none; a [0.95, 1.05] band masks 0-12% of the sequences.
 
 Metrics: `policy_loss` returns {name: (numerator, denominator)} whose entries add up exactly across
 micro-batches (`merge_metrics`; maxima/minima merge by max/min) and `finalize_metrics` turns them
