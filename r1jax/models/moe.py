@@ -17,9 +17,10 @@ assignments (earliest tokens first) and the rest contribute nothing (their token
 residual and the shared experts): the GShard/Switch semantics, reported as `dropped`; shapes stay
 static, so this changes the result, not the compute.
 
-Expert parallelism: with a mesh set (jax.set_mesh) whose "expert" axis is > 1, each device runs
-its own experts over its batch shard's tokens and one psum adds the partial outputs (see
-routed_experts); the update builder's jitted functions set their mesh (in_expert_mesh).
+Expert parallelism: with a mesh set (jax.set_mesh) whose "expert" axis is > 1, the batch is
+split over that axis too; each device gathers its expert group's tokens, runs its own experts on
+them and a reduce-scatter returns the summed outputs (see routed_experts); the update builder's
+and the rollout sampler's jitted functions set their mesh (in_expert_mesh).
 Balancing: update_router_bias / balancing_hook (after each optimizer step, from the step's
 loads), sequence_balance_loss (optional auxiliary loss). GRPO: routing replay (moe_ffn's
 replay_NTK) and `disagreement`.
@@ -89,9 +90,11 @@ def routed_experts(x_TD, gates_TK, experts_TK, lp, cfg: ModelConfig):
     """sum_k gate[t,k] * expert_{e[t,k]}(x[t]) by sorted dispatch. Returns (y [T,D], kept [T,k]).
 
     Under a mesh (jax.set_mesh) with an "expert" axis of size n > 1, each device holds E/n
-    experts (the weights are sharded so by sharding.RULES) and runs only the assignments to
-    its own experts over all tokens of its batch shard; one psum over the axis adds them up
-    (the all-gather form of expert parallelism, for an axis within a host)."""
+    experts (the weights are sharded so by sharding.RULES) and its T/n tokens (the batch is
+    split over the expert axis too): it all-gathers the tokens of its expert group, runs only
+    the assignments to its own experts, and a reduce-scatter sums the partial outputs and hands
+    each device back its own tokens' (the gather form of expert parallelism). With T not
+    divisible by n the tokens come replicated and one psum adds the partial outputs."""
     T, k = experts_TK.shape
     kept = jnp.ones((T * k,), bool)
     cap = capacity(cfg, T)
@@ -108,22 +111,28 @@ def routed_experts(x_TD, gates_TK, experts_TK, lp, cfg: ModelConfig):
         return _grouped_ffn(x_TD, experts_TK, w_TK, *weights, cfg), kept.reshape(T, k)
     if cfg.n_experts % n:
         raise ValueError(f"ModelConfig.n_experts={cfg.n_experts} not divisible by expert axis {n}")
+    split = T % n == 0
 
     def local(x, e, w, wg, wu, wd):
+        if split:  # this device's tokens -> the expert group's
+            x, e, w = (jax.lax.all_gather(a, "expert", tiled=True) for a in (x, e, w))
         first = jax.lax.axis_index("expert") * wg.shape[0]
         mine = (e >= first) & (e < first + wg.shape[0])
         e_loc = jnp.where(mine, e - first, wg.shape[0])  # others: past the last group
         y = _grouped_ffn(x, e_loc, jnp.where(mine, w, 0.0), wg, wu, wd, cfg)
+        if split:
+            return jax.lax.psum_scatter(y, "expert", tiled=True)
         return jax.lax.psum(y, "expert")
 
     P = jax.sharding.PartitionSpec
+    tok = P("expert") if split else P()
     y = jax.shard_map(
         local,
-        in_specs=(P(), P(), P(), P("expert"), P("expert"), P("expert")),
-        out_specs=P(),
+        in_specs=(tok, tok, tok, P("expert"), P("expert"), P("expert")),
+        out_specs=tok,
         axis_names={"expert"},
-        # With the default check_vma=True, jax 0.10.2 gave a wrong gradient for x (not summed
-        # over the axis); the model's own psum is explicit, so the check is not needed.
+        # With the default check_vma=True, jax 0.10.2 gave a wrong gradient for x in the psum
+        # form (not summed over the axis); the collectives are explicit, so no check is needed.
         check_vma=False,
     )(x_TD, experts_TK, w_TK, *weights)
     return y, kept.reshape(T, k)

@@ -1,0 +1,72 @@
+"""Expert parallelism (r1jax/models/moe.py's "expert" mesh axis) against one device, on the tiny
+DeepSeek-V3-style MoE of tests/moe_ep_case.py (16 experts, shared expert, dense first layer,
+sigmoid router with a non-zero balancing bias, dropless, float32): the rollout sampler on an
+expert mesh in this process, and logits, a GRPO update and a rollout in a 2-process job whose
+expert axis spans both processes. The one-process GRPO update on fsdp 2 x expert 4 is
+tests/test_moe.py::test_expert_parallel_grpo_step_equals_single_device.
+"""
+
+import numpy as np
+import pytest
+from moe_ep_case import run
+from test_multihost import launch
+
+from r1jax import sharding as shd
+from r1jax.models import moe
+
+TOL = 1e-5
+
+
+@pytest.fixture(scope="module")
+def reference():
+    return run(shd.make_mesh((("fsdp", 1),)))
+
+
+def _traced_expert_axes(monkeypatch) -> list[int]:
+    """The expert-axis size each traced MoE layer saw (the shard_map path when > 1)."""
+    seen, traced = [], moe.expert_parallelism
+    monkeypatch.setattr(moe, "expert_parallelism", lambda: seen.append(traced()) or seen[-1])
+    return seen
+
+
+def assert_same_samples(got, want):
+    np.testing.assert_array_equal(got["sample_tokens"], want["sample_tokens"])
+    np.testing.assert_array_equal(got["sample_length"], want["sample_length"])
+    np.testing.assert_allclose(got["sample_logp"], want["sample_logp"], atol=TOL, rtol=0)
+    # sampled (not greedy), some rows ended early at the EOS
+    assert 1 < want["sample_length"].min() < want["sample_length"].max() == 8
+
+
+def test_rollout_on_an_expert_mesh_equals_one_device(reference, monkeypatch):
+    """rollout.generate (prefill and the decode loop) on fsdp 2 x expert 4 runs the experts
+    sharded 4 ways (each device 4 of the 16, the tokens of its expert group gathered) and draws
+    the same tokens with the same log-probs as one device, for the same key."""
+    seen = _traced_expert_axes(monkeypatch)
+    got = run(shd.make_mesh((("fsdp", 2), ("expert", 4))), parts=("sample",))
+    assert seen and set(seen) == {4}
+    assert_same_samples(got, reference)
+
+
+def test_two_processes_with_the_expert_axis_across_them_equal_one_device(reference, tmp_path):
+    """2 processes x 4 CPU devices (gloo), mesh expert 8: each device holds 2 of the 16
+    experts and 1/8 of the rows, and every MoE layer's gather and reduce-scatter cross the
+    processes. The logits, one GRPO update (loss, metrics, and every new parameter: SGD at lr 1
+    makes them params - gradients; the balancing bias included) and a sampled rollout
+    equal one device within 1e-5. Time: about N s on the 2-core CI machine (one job launch)."""
+    spec = {"tasks": [{"kind": "moe_ep", "workdir": str(tmp_path / "ep"),
+                       "mesh": [["data", 1], ["expert", 8]]}]}  # fmt: skip
+    launch(spec, tmp_path / "ep.json", processes=2, devices=4)
+    got = dict(np.load(tmp_path / "ep" / "ep.npz"))
+    assert set(got) == set(reference)
+    np.testing.assert_allclose(got["logits"], reference["logits"], atol=TOL, rtol=0)
+    # Metrics: *_max are maxima over micro-batches, whose rows differ between meshes (each
+    # batch shard splits its own rows into micro-batches); the sums do not.
+    for k in [k for k in reference if not k.startswith(("param/", "sample_", "logits"))]:
+        if not k.endswith("_max"):
+            np.testing.assert_allclose(got[k], reference[k], rtol=TOL, atol=1e-7, err_msg=k)
+    assert float(reference["grad_norm"]) > 0 and float(reference["routing_disagreement"]) > 0
+    params = [k for k in reference if k.startswith("param/")]
+    assert len(params) > 20
+    for k in params:
+        np.testing.assert_allclose(got[k], reference[k], atol=TOL, rtol=0, err_msg=k)
+    assert_same_samples(got, reference)
