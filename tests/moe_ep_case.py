@@ -30,7 +30,8 @@ CFG = ModelConfig(
 )  # fmt: skip
 ROWS, MICRO, PROMPT, NEW = 16, 8, 4, 4  # update rows, rows per micro-batch, positions
 PROMPTS, GROUP = 8, 2  # rollout: 8 prompts x 2 samples
-SAMPLING = sampling.SamplingConfig(max_new_tokens=8, temperature=1.0, chunk=4, eos_ids=(3,))
+# one decode chunk: one decode phase to compile
+SAMPLING = sampling.SamplingConfig(max_new_tokens=8, temperature=1.0, chunk=8, eos_ids=(3,))
 
 
 def params() -> dict:

@@ -106,7 +106,7 @@ def run(task):
     elif kind == "moe_ep":  # tests/test_expert_parallel.py: a MoE on an expert mesh
         import moe_ep_case
 
-        out = moe_ep_case.run(shd.make_mesh(mesh))
+        out = moe_ep_case.run(shd.make_mesh(mesh), task.get("parts", moe_ep_case.PARTS))
         if distributed.is_main():
             os.makedirs(wd, exist_ok=True)
             np.savez(os.path.join(wd, "ep.npz"), **out)
