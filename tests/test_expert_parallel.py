@@ -44,6 +44,7 @@ def test_rollout_on_an_expert_mesh_equals_one_device(reference, monkeypatch):
     seen = _traced_expert_axes(monkeypatch)
     got = run(shd.make_mesh((("fsdp", 2), ("expert", 4))), parts=("sample",))
     assert seen and set(seen) == {4}
+    assert_same_samples(got, reference)
 
 
 def test_two_processes_with_the_expert_axis_across_them_equal_one_device(reference, tmp_path):
@@ -52,8 +53,8 @@ def test_two_processes_with_the_expert_axis_across_them_equal_one_device(referen
     processes. The logits and one GRPO update (loss, metrics, and every new parameter: SGD at
     lr 1 makes them params - gradients; the balancing bias included) equal one device within
     1e-5. Time: about N s on the 2-core CI machine (one job launch)."""
-    spec = {"tasks": [{"kind": "moe_ep", "workdir": str(tmp_path / "ep"),
-                       "mesh": [["data", 1], ["expert", 8]], "parts": ["logits", "step"]}]}  # fmt: skip
+    task = {"kind": "moe_ep", "workdir": str(tmp_path / "ep"), "parts": ["logits", "step"]}
+    spec = {"tasks": [task | {"mesh": [["data", 1], ["expert", 8]]}]}
     launch(spec, tmp_path / "ep.json", processes=2, devices=4)
     got = dict(np.load(tmp_path / "ep" / "ep.npz"))
     assert set(got) == {k for k in reference if not k.startswith("sample_")}

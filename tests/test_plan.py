@@ -228,9 +228,9 @@ def test_moe_plan_proposes_an_expert_axis_that_fits_with_hand_counted_params():
     v5p-1024 slice (512 chips of 95 GiB): no mesh without an expert axis fits (the parameters
     need fsdp x tensor ~ 512, but 32 prompts split over at most 32 batch shards, so a larger
     fsdp leaves the rollout's prompts and cache unsplit, a smaller one the parameters); the
-    expert axis splits the routed experts (97% of the parameters) without splitting the batch
-    further: the planner proposes fsdp 32 x tensor 4 x expert 4, which fits, and its parameter
-    bytes per chip equal a hand count."""
+    expert axis splits the routed experts (97% of the parameters) 4 more ways while the
+    prompts stay split 32 ways: the planner proposes fsdp 32 x tensor 4 x expert 4, which fits,
+    and its parameter bytes per chip equal a hand count."""
     v3 = get_preset("deepseek-v3", remat=True, dtype="bfloat16")  # float32 parameters
     s = pl.Settings(32, 16, 1024, 4096, micro_batch=128)
     p, why = pl.recommend(v3, "v5p-1024", s)
