@@ -4,6 +4,11 @@ sigmoid router with a non-zero balancing bias, dropless, float32): the rollout s
 expert mesh in this process, and the logits and a GRPO update in a 2-process job whose expert
 axis spans both processes. The one-process GRPO update on fsdp 2 x expert 4 is
 tests/test_moe.py::test_expert_parallel_grpo_step_equals_single_device.
+
+Time budget: the file costs ~85 s of CPU on the 2-core CI machine (user + sys, the 2-process
+job's workers included; measured 83 s, and 4 min 49 s wall while 3 other jobs shared the
+machine at load ~13), mostly compiling: the one-device reference (logits, update, rollout)
+~21 s, the 2-process job 38 s, the rest the expert-mesh rollout and the dispatch forms.
 """
 
 import numpy as np
@@ -52,7 +57,8 @@ def test_two_processes_with_the_expert_axis_across_them_equal_one_device(referen
     experts and 1/8 of the rows, and every MoE layer's gather and reduce-scatter cross the
     processes. The logits and one GRPO update (loss, metrics, and every new parameter: SGD at
     lr 1 makes them params - gradients; the balancing bias included) equal one device within
-    1e-5. Time: about N s on the 2-core CI machine (one job launch)."""
+    1e-5. Time: one 2-process job, 38 s of CPU (both processes; 61 s wall on the shared 2-core
+    CI machine at load ~12)."""
     task = {"kind": "moe_ep", "workdir": str(tmp_path / "ep"), "parts": ["logits", "step"]}
     spec = {"tasks": [task | {"mesh": [["data", 1], ["expert", 8]]}]}
     launch(spec, tmp_path / "ep.json", processes=2, devices=4)
