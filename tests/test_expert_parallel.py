@@ -2,7 +2,8 @@
 DeepSeek-V3-style MoE of tests/moe_ep_case.py (16 experts, shared expert, dense first layer,
 sigmoid router with a non-zero balancing bias, dropless, float32): the rollout sampler on an
 expert mesh in this process, and the logits and a GRPO update in a 2-process job whose expert
-axis spans both processes. The one-process GRPO update on fsdp 2 x expert 4 is
+axis spans both processes; the all_to_all dispatch against the gather form. The one-process
+GRPO update on fsdp 2 x expert 4 is
 tests/test_moe.py::test_expert_parallel_grpo_step_equals_single_device.
 
 Time budget: the file costs ~85 s of CPU on the 2-core CI machine (user + sys, the 2-process
