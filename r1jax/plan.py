@@ -5,7 +5,8 @@
 tries the meshes a target allows; `check` turns a plan into an error or warnings.
 
 What is counted (c = bytes of cfg.dtype, p = bytes of cfg.param_dtype):
-  params      the parameters (p), sharded by sharding.RULES with its divisibility fallback.
+  params      the parameters (p), sharded by sharding.RULES with its divisibility fallback (a
+              MoE's routed experts over the expert axis and their other dims).
   opt_state   `optimizer.init` (default optax.adamw: mu and nu in the params' dtype, a count),
               each leaf sharded like its parameter (via optax.tree_map_params).
   grads       the update's float32 accumulation buffer (r1jax/update.py) plus the micro-batch
@@ -29,7 +30,14 @@ What is counted (c = bytes of cfg.dtype, p = bytes of cfg.param_dtype):
                       MLP's gate and up projections (its other values are rematerialised)
                 att = n*Hq*S^2*(4 + c)     the fp32 softmax and its cast, kept for p @ v
                 scores = n*Hq*S^2*4        the fp32 scores (forward) or their cotangent
-                w   = the layer's weights in c, gathered over fsdp (sharded over tensor)
+                w   = the layer's weights in c, gathered over fsdp (sharded over tensor; a
+                      MoE layer's routed experts also over expert: E/expert per device)
+              A MoE layer's Ft is its shared experts' width, and lin adds the routed experts
+              in the gather form (moe.routed_experts): the expert group's n*e*S tokens
+              (e = the expert axis) gathered (c) and their fp32 sum, and for each of their k
+              assignments (static shapes: all n*e*S*k, not only those to local experts) the
+              sorted input and output rows (2*D*c) and the gate, up and product (3*Fe_t*c).
+              Dense and MoE layers are counted each with their own terms.
               saved (what the forward keeps) and work (one layer's backward pass):
                 no remat: saved = L*(lin + att) (+ all layers' c weight casts when c != p),
                           work = lin + 2*scores + 2*w (scores and their cotangent; weights
@@ -179,10 +187,11 @@ def _shard_bytes(shape, dtype, axes, mesh) -> int:
     return math.prod(_local_shape(axes, shape, mesh)) * jnp.dtype(dtype).itemsize
 
 
-def param_bytes(cfg: ModelConfig, mesh, dtype=None, only_layers: bool = False) -> int:
-    """Bytes per device of the parameters (or a like-sharded tree in `dtype`)."""
+def param_bytes(cfg: ModelConfig, mesh, dtype=None, parts: tuple[str, ...] = ()) -> int:
+    """Bytes per device of the parameters (or a like-sharded tree in `dtype`); `parts`: only
+    those top-level entries (e.g. ("layers", "moe_layers"))."""
     specs = tfm.param_specs(cfg)
-    specs = specs["layers"] if only_layers else specs
+    specs = {k: specs[k] for k in parts if k in specs} if parts else specs
     leaves = jax.tree.leaves(specs, is_leaf=lambda x: isinstance(x, tfm.ParamSpec))
     dtype = dtype or cfg.param_dtype
     return sum(_shard_bytes(s.shape, dtype, s.axes, mesh) for s in leaves)
@@ -235,13 +244,28 @@ def platform_of(target: Target) -> str:
     return "tpu" if kind.startswith("tpu") else ("cpu" if kind == "cpu" else "gpu")
 
 
-def _layer(cfg: ModelConfig, mesh, n: int, S: int, platform: str = "cpu") -> dict[str, int]:
-    """Terms of one layer at n rows of length S (see the module docstring)."""
+def _layer_kinds(cfg: ModelConfig) -> list[tuple[int, bool]]:
+    """(number of layers, is MoE) of the model's dense and MoE layers that it has."""
+    moe = cfg.n_layers - cfg.first_k_dense if cfg.n_experts else 0
+    return [(k, m) for k, m in ((cfg.n_layers - moe, False), (moe, True)) if k]
+
+
+def _layer(
+    cfg: ModelConfig, mesh, n: int, S: int, platform: str = "cpu", moe: bool = False
+) -> dict[str, int]:
+    """Terms of one (dense or MoE) layer at n rows of length S (see the module docstring)."""
     c = jnp.dtype(cfg.dtype).itemsize
     D, Dh = cfg.d_model, cfg.head_dim
     hq, kt = _local("q_heads", cfg.n_heads, mesh), _local("kv_heads", cfg.n_kv_heads, mesh)
-    ft = _local("mlp", cfg.d_ff, mesh)
-    gathered = abstract_mesh({"tensor": mesh.shape["tensor"]})  # weights gathered over fsdp
+    ft = _local("mlp", cfg.n_shared_experts * cfg.moe_d_ff if moe else cfg.d_ff, mesh)
+    # weights gathered over fsdp; experts stay split over the expert axis
+    gathered = abstract_mesh({"tensor": mesh.shape["tensor"], "expert": mesh.shape["expert"]})
+    count = {m: k for k, m in _layer_kinds(cfg)}[moe]
+    part = "moe_layers" if moe else "layers"
+    routed = 0
+    if moe:  # the gather form: the expert group's tokens, k assignments each (static shapes)
+        group, fe = n * S * mesh.shape["expert"], _local("mlp", cfg.moe_d_ff, mesh)
+        routed = group * D * (c + 4) + group * cfg.n_experts_per_tok * (2 * D * c + 3 * fe * c)
     path = attention.choose(
         cfg.attention, S, cfg.attention_block_kv, Dh, Dh, cfg.dtype, platform, mesh.size
     )
@@ -253,10 +277,10 @@ def _layer(cfg: ModelConfig, mesh, n: int, S: int, platform: str = "cpu") -> dic
         scores = 4 * n * hq * bq * bk * 4 + n * S * hq * Dh * 4
         mask = n * S * S * c if path == "cudnn" else n * S * 4
     return {
-        "lin": n * S * (3 * D * c + 4 * D + 3 * (hq + kt) * Dh * c + 2 * ft * c),
+        "lin": n * S * (3 * D * c + 4 * D + 3 * (hq + kt) * Dh * c + 2 * ft * c) + routed,
         "att": att,
         "scores": scores,
-        "weights": param_bytes(cfg, gathered, cfg.dtype, only_layers=True) // cfg.n_layers,
+        "weights": param_bytes(cfg, gathered, cfg.dtype, (part,)) // count,
         "mask": mask,
     }
 
@@ -265,16 +289,20 @@ def activation_bytes(cfg: ModelConfig, mesh, s: Settings, remat: bool, platform=
     """Peak activations of one training micro-batch, log-prob head included: what the forward
     pass saves, plus the larger of the head's peak and one layer's backward pass."""
     n, S = _local("batch", s.micro_batch, mesh), s.prompt_len + s.max_new_tokens
-    lay = _layer(cfg, mesh, n, S, platform)
-    work = lay["scores"] + 2 * lay["weights"]  # fp32 scores; the weights and their gradient
+    lays = [(k, _layer(cfg, mesh, n, S, platform, moe)) for k, moe in _layer_kinds(cfg)]
+    # fp32 scores; the weights and their gradient; remat: the layer recomputed (the score
+    # cotangent reuses its buffer), else the score cotangent and linear-size cotangents
+    work = max(
+        lay["scores"] + 2 * lay["weights"] + lay["lin"] + (lay["att"] if remat else lay["scores"])
+        for _, lay in lays
+    )
     if remat:
         saved = cfg.n_layers * n * S * cfg.d_model * jnp.dtype(cfg.dtype).itemsize
-        work += lay["lin"] + lay["att"]  # recomputed; the score cotangent reuses its buffer
     else:
-        casts = param_bytes(cfg, mesh, cfg.dtype, True) if cfg.dtype != cfg.param_dtype else 0
-        saved = cfg.n_layers * (lay["lin"] + lay["att"]) + casts
-        work += lay["lin"] + lay["scores"]  # the score cotangent, linear-size cotangents
-    return saved + lay["mask"] + max(work, logprob_bytes(cfg, mesh, s))
+        layers = ("layers", "moe_layers")
+        casts = param_bytes(cfg, mesh, cfg.dtype, layers) if cfg.dtype != cfg.param_dtype else 0
+        saved = sum(k * (lay["lin"] + lay["att"]) for k, lay in lays) + casts
+    return saved + lays[0][1]["mask"] + max(work, logprob_bytes(cfg, mesh, s))
 
 
 def logprob_bytes(cfg: ModelConfig, mesh, s: Settings) -> int:
@@ -296,14 +324,14 @@ def sampler_bytes(cfg: ModelConfig, mesh, s: Settings, platform: str = "cpu") ->
     """The rollout's peak besides the KV cache: prefill of one layer, or the last phase switch
     (with decode slots the cache does not grow: the slots' logits and the output buffers)."""
     b, t_pad, c = _local("batch", s.num_prompts, mesh), _t_pad(s), jnp.dtype(cfg.dtype).itemsize
-    pre = _layer(cfg, mesh, b, s.prompt_len, platform)
+    pre = [_layer(cfg, mesh, b, s.prompt_len, platform, moe) for _, moe in _layer_kinds(cfg)]
     n = b * s.group_size
     kt = _local("kv_heads", cfg.n_kv_heads, mesh)
     prev = -(-t_pad // 2 // s.decode_chunk) * s.decode_chunk if t_pad > s.decode_chunk else 0
     grow = 2 * cfg.n_layers * n * kt * cfg.head_dim * prev * c
     rows = _local("batch", s.slots, mesh) if s.slots else n
     logits = 3 * rows * _local("vocab", cfg.vocab_size, mesh) * 4
-    prefill = pre["lin"] + pre["att"] + pre["scores"] + pre["weights"] + pre["mask"]
+    prefill = max(p["lin"] + p["att"] + p["scores"] + p["weights"] + p["mask"] for p in pre)
     return max(prefill, (0 if s.slots else grow) + logits + n * t_pad * 8)
 
 
@@ -413,14 +441,18 @@ def check(p: Plan) -> list[str]:
 
 def candidate_meshes(cfg: ModelConfig, tgt: Target) -> list[dict[str, int]]:
     """data across hosts, fsdp and tensor within: tensor in {1,2,4,8} dividing the heads and
-    the devices of a host, data any divisor of the host count, fsdp the rest."""
+    the devices of a host, data any divisor of the host count, fsdp the rest; for a MoE also
+    expert, a power of two dividing the experts, taken from fsdp's share."""
     hosts = tgt.num_devices // tgt.per_host
+    experts = [e for e in (2**i for i in range(11)) if cfg.n_experts % e == 0]
     out = []
     for t in (1, 2, 4, 8):
         if t > tgt.per_host or tgt.per_host % t or cfg.n_heads % t:
             continue
         for d in (d for d in range(1, hosts + 1) if hosts % d == 0):
-            out.append({"data": d, "fsdp": tgt.num_devices // (d * t), "tensor": t})
+            rest = tgt.num_devices // (d * t)
+            for e in (e for e in (experts if cfg.n_experts else [1]) if rest % e == 0):
+                out.append({"data": d, "fsdp": rest // e, "tensor": t, "expert": e})
     return out
 
 
@@ -436,15 +468,19 @@ def recommend(
         plan(cfg, m, settings, tgt, optimizer=optimizer, label=label)
         for m in candidate_meshes(cfg, tgt)
     ]
-    splits = lambda p: settings.micro_batch % (p.mesh["data"] * p.mesh["fsdp"]) == 0  # noqa: E731
-    # Least memory first; on a tie more data parallelism and less tensor parallelism.
+    shards = lambda p: p.mesh["data"] * p.mesh["fsdp"] * p.mesh.get("expert", 1)  # noqa: E731
+    splits = lambda p: settings.micro_batch % shards(p) == 0  # noqa: E731
+    # Least memory first; on a tie more data parallelism, less tensor and expert parallelism.
     best = min(
         plans,
-        key=lambda p: (not splits(p), not p.fits, p.total, -p.mesh["data"], p.mesh["tensor"]),
+        key=lambda p: (
+            (not splits(p), not p.fits, p.total, -p.mesh["data"], p.mesh["tensor"])
+            + (p.mesh.get("expert", 1),)
+        ),
     )
     mesh = ",".join(f"{a}={n}" for a, n in best.mesh.items())
     if not splits(best):
-        least = min(p.mesh["data"] * p.mesh["fsdp"] for p in plans)
+        least = min(shards(p) for p in plans)
         why = (
             f"no mesh takes micro_batch={settings.micro_batch}: every candidate has at least "
             f"{least} batch shards; least memory {_gib(best.total)} GiB on {mesh}"

@@ -19,6 +19,7 @@ import numpy as np
 from r1jax import continuous, distributed, sampling
 from r1jax import sharding as shd
 from r1jax.errors import ConfigError
+from r1jax.models import moe
 from r1jax.rewards import RewardPool, RewardStack
 
 
@@ -151,7 +152,8 @@ def _sampler(cfg, s, group_size: int, out_shardings):
         key = jax.random.wrap_key_data(key_data)
         return decode(params, tokens, mask, key, cfg=cfg, s=s, group_size=group_size)
 
-    return jax.jit(run, out_shardings=dict(out_shardings))
+    # MoE: the expert-parallel dispatch when the mesh has an expert axis (moe.routed_experts)
+    return moe.in_expert_mesh(jax.jit(run, out_shardings=dict(out_shardings)), out_shardings)
 
 
 def host_key(key) -> np.ndarray:

@@ -8,7 +8,8 @@ along that mesh axis.
 
 Mesh axes: "data" (pure data parallel: batch only), "fsdp" (batch and parameters, ZeRO-3
 style), "tensor" (heads, MLP and vocabulary: Megatron style), "expert" (MoE routed experts;
-tokens are not split over it: each device runs its experts' share of its batch shard).
+outside the MoE layers it splits the batch like "data", and in them each device gathers the
+tokens of its expert group and runs its own experts: r1jax/models/moe.py).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ MESH_AXES = ("data", "fsdp", "tensor", "expert")
 
 # logical axis -> mesh axes it is split over, in order of preference.
 RULES: dict[str, tuple[str, ...]] = {
-    "batch": ("data", "fsdp"),
+    "batch": ("data", "fsdp", "expert"),
     "layers": (),
     "vocab": ("tensor",),
     "embed": ("fsdp",),
@@ -112,13 +113,11 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 
 def batch_sharding(mesh: Mesh, ndim: int, batch: int | None = None) -> NamedSharding:
-    """Sharding for an array whose leading axis is the batch (data and fsdp axes)."""
-    shape = (batch if batch is not None else mesh.shape["data"] * mesh.shape["fsdp"],) + (1,) * (
-        ndim - 1
-    )
+    """Sharding for an array whose leading axis is the batch (data, fsdp and expert axes)."""
+    shape = (batch if batch is not None else batch_divisor(mesh),) + (1,) * (ndim - 1)
     return named_sharding(("batch",) + (None,) * (ndim - 1), shape, mesh)
 
 
 def batch_divisor(mesh: Mesh) -> int:
     """Batch sizes must be a multiple of this to be split over the mesh's batch axes."""
-    return mesh.shape["data"] * mesh.shape["fsdp"]
+    return mesh.shape["data"] * mesh.shape["fsdp"] * mesh.shape["expert"]

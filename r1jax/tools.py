@@ -96,7 +96,13 @@ def sweep(argv=None) -> None:
 
 
 def plan_report(
-    config, targets, *, preset: str | None = None, max_new_tokens: int = 0, slots: int = -1
+    config,
+    targets,
+    *,
+    preset: str | None = None,
+    max_new_tokens: int = 0,
+    slots: int = -1,
+    micro_batch: int = 0,
 ) -> str:
     """The memory table of `config` (a GRPO config; its model or a preset) on each target, with
     the mesh r1jax.plan recommends and why."""
@@ -110,6 +116,8 @@ def plan_report(
         settings = dataclasses.replace(settings, max_new_tokens=max_new_tokens)
     if slots >= 0:
         settings = dataclasses.replace(settings, slots=slots)
+    if micro_batch:
+        settings = dataclasses.replace(settings, micro_batch=micro_batch)
     label = preset or config.model.init or config.model.preset
     plans, lines = [], []
     for t in targets:
@@ -135,6 +143,7 @@ def plan(argv=None) -> None:
         flags.DEFINE_multi_string("target", ["v5p-64", "h100x8"], "machines", flag_values=fv)
         flags.DEFINE_string("model", "", "a preset instead of the config's model", flag_values=fv)
         flags.DEFINE_integer("max_new_tokens", 0, "instead of the config's", flag_values=fv)
+        flags.DEFINE_integer("micro_batch", 0, "instead of the config's", flag_values=fv)
         flags.DEFINE_integer(
             "slots",
             -1,
@@ -146,8 +155,9 @@ def plan(argv=None) -> None:
     c = configs.load(fv.config)
     try:
         report = plan_report(
-            c, fv.target, preset=fv.model or None, max_new_tokens=fv.max_new_tokens, slots=fv.slots
-        )
+            c, fv.target, preset=fv.model or None, max_new_tokens=fv.max_new_tokens,
+            slots=fv.slots, micro_batch=fv.micro_batch,
+        )  # fmt: skip
     except ConfigError as e:  # e.g. prompt + new tokens beyond the model's context
         raise SystemExit(f"plan: {e}") from None
     print(report)

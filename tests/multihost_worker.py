@@ -6,7 +6,8 @@ r1jax's public entry points, the same list on every process.
 SPEC.json: {"cache": DIR, "tasks": [{"kind": ..., ...}, ...]}. Kinds: grpo (a GRPO run from
 tests/rl_utils.tiny_config, then its parameters saved to WORKDIR/params.npz), copy (process 0
 copies checkpoints for later resumes), eval, sft, distill, hf (import a Hugging Face directory
-onto the mesh and export it back).
+onto the mesh and export it back), moe_ep (tests/moe_ep_case.py's MoE results on an expert mesh,
+saved to WORKDIR/ep.npz).
 """
 
 import json
@@ -102,6 +103,13 @@ def run(task):
         c.data.name, c.data.num_examples, c.mesh = "jsonl:" + task["data"], 0, mesh
         configs.override(c, task.get("overrides", {}))
         distill.run(c, wd)
+    elif kind == "moe_ep":  # tests/test_expert_parallel.py: a MoE on an expert mesh
+        import moe_ep_case
+
+        out = moe_ep_case.run(shd.make_mesh(mesh), task.get("parts", moe_ep_case.PARTS))
+        if distributed.is_main():
+            os.makedirs(wd, exist_ok=True)
+            np.savez(os.path.join(wd, "ep.npz"), **out)
     elif kind == "hf":
         cfg, params = store.load_model(task["src"], shd.make_mesh(mesh))
         hf.save_hf(params, cfg, task["dst"])

@@ -238,7 +238,7 @@ def test_preset_parameter_counts_from_shapes_alone():
 
 
 def test_expert_parallel_grpo_step_equals_single_device(monkeypatch):
-    """One GRPO update (objective.grpo_loss through update.make_train_step: 2 micro-batches,
+    """One GRPO update (objective.grpo_loss through update.make_train_step: 2 micro-batches of 8,
     the sequence-wise balance loss, the balancing hook) with the experts sharded over an "expert"
     axis of 4 (x fsdp 2) on 8 fake devices equals the single-device update within 1e-5
     (dropless, V3 routing with a non-zero bias): the loss and metrics (the forward), and the new
@@ -260,11 +260,11 @@ def test_expert_parallel_grpo_step_equals_single_device(monkeypatch):
     params["moe_layers"]["router_bias"] = 0.3 * jax.random.normal(jax.random.PRNGKey(1), (1, 8))
     params = jax.tree.map(np.asarray, params)  # host copies: the steps donate their state
     rng = np.random.default_rng(0)
-    tok, mask = left_padded_batch(rng, 64, [8, 5, 7, 8, 6, 8, 4, 7], 8)
+    tok, mask = left_padded_batch(rng, 64, [8, 5, 7, 8, 6, 8, 4, 7] * 2, 8)
     rows = {"tokens": tok, "attn": mask, "mask": mask[:, 4:].astype(np.float32)}
-    rows["adv"] = rng.normal(size=8).astype(np.float32)
-    rows["sampler_logp"] = np.zeros((8, 4), np.float32)
-    rows["experts"] = np.argsort(rng.normal(size=(8, 1, 8, 8)), -1)[..., :2].astype(np.int32)
+    rows["adv"] = rng.normal(size=16).astype(np.float32)
+    rows["sampler_logp"] = np.zeros((16, 4), np.float32)
+    rows["experts"] = np.argsort(rng.normal(size=(16, 1, 8, 8)), -1)[..., :2].astype(np.int32)
     loss_fn = functools.partial(
         objective.grpo_loss, policy_loss=losses.policy_loss, loss_cfg={"beta": 0.0},
         router_aux_coef=0.1, cfg=cfg, prompt_len=4, temperature=1.0, vocab_chunk=64,
@@ -278,7 +278,7 @@ def test_expert_parallel_grpo_step_equals_single_device(monkeypatch):
     def one_step(mesh):
         p = jax.device_put(params, tfm.param_shardings(cfg, mesh))
         state = update.init_state(p, opt, mesh)
-        batch, bs = update.put_batch(mesh, rows, 4)
+        batch, bs = update.put_batch(mesh, rows, 8)  # 8 rows: the mesh's 8 batch shards
         step = update.make_train_step(
             loss_fn, opt, state_shardings=update.shardings_of(state), batch_shardings=bs,
             prepare=prepare, after_update=moe.balancing_hook(cfg, 1e-3),

@@ -221,3 +221,37 @@ def test_paper_settings_recommend_meshes_with_hand_checked_components():
     assert all(pl.recommend(c, "v5p-64", short)[0].fits for c in (q7, q32))
     table = pl.format_table([p7, p32])
     assert len(table.splitlines()) == 4 and "1/8/4" in table and "NO" in table
+
+
+def test_moe_plan_proposes_an_expert_axis_that_fits_with_hand_counted_params():
+    """DeepSeek-V3 (shapes only, as launch/plan.py --model=deepseek-v3 builds it) for GRPO on a
+    v5p-1024 slice (512 chips of 95 GiB): no mesh without an expert axis fits (the parameters
+    need fsdp x tensor ~ 512, but 32 prompts split over at most 32 batch shards, so a larger
+    fsdp leaves the rollout's prompts and cache unsplit, a smaller one the parameters); the
+    expert axis splits the routed experts (97% of the parameters) 4 more ways while the
+    prompts stay split 32 ways: the planner proposes fsdp 32 x tensor 4 x expert 4, which fits,
+    and its parameter bytes per chip equal a hand count."""
+    v3 = get_preset("deepseek-v3", remat=True, dtype="bfloat16")  # float32 parameters
+    s = pl.Settings(32, 16, 1024, 4096, micro_batch=128)
+    p, why = pl.recommend(v3, "v5p-1024", s)
+    assert p.mesh == {"data": 1, "fsdp": 32, "tensor": 4, "expert": 4}
+    assert p.fits and why.startswith("fits")
+    tgt = pl.target("v5p-1024")
+    flat = [pl.plan(v3, m, s, tgt) for m in pl.candidate_meshes(v3, tgt) if m["expert"] == 1]
+    assert len(flat) > 10 and not any(q.fits for q in flat)
+    # By hand: embed dims over fsdp (32), heads, MLP widths and the vocabulary over tensor (4),
+    # routed experts over expert (4); MLA's low-rank dims over fsdp unless the tensor's embed
+    # dim took it; norms and the router's bias whole.
+    D, V, H, F, E, Fe = 7168, 129280, 128, 18432, 256, 2048
+    f, t, e = 32, 4, 4
+    attn = (
+        D // f * (512 + 64) + 512  # wkv_a, kv_a_norm
+        + 512 // f * H // t * (128 + 128)  # wkv_b
+        + H // t * 128 * D // f  # wo
+        + D // f * 1536 + 1536  # wq_a, q_a_norm
+        + 1536 // f * H // t * (128 + 64)  # wq_b
+        + 2 * D  # attn_norm, mlp_norm
+    )  # fmt: skip
+    dense = attn + 3 * D // f * F // t
+    moe = attn + D // f * E + E + 3 * E // e * D // f * Fe // t + 3 * D // f * Fe // t
+    assert p.params == 4 * (2 * V // t * D // f + D + 3 * dense + 58 * moe)

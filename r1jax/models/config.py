@@ -71,6 +71,10 @@ class ModelConfig:
     norm_topk_prob: bool = False  # renormalise the chosen gates to sum 1
     routed_scaling: float = 1.0  # gates times this
     capacity_factor: float = 0.0  # 0: dropless; c > 0: an expert keeps ceil(c*T*k/E) tokens
+    # Expert-parallel dispatch over the mesh's expert axis (moe.routed_experts): "gather" (the
+    # expert group's tokens all-gathered) | "all_to_all" (each assignment sent to its expert's
+    # device in buffers of a fixed size per destination: worst case when dropless).
+    expert_dispatch: str = "gather"
     # Multi-head latent attention (r1jax/models/mla.py); kv_lora_rank = 0: standard attention.
     # With MLA, head_dim is the non-RoPE query/key part (qk_nope_head_dim) and n_kv_heads=n_heads.
     kv_lora_rank: int = 0  # the cached latent's size
@@ -114,6 +118,11 @@ class ModelConfig:
                 )
             if self.router not in ("softmax", "sigmoid"):
                 raise ValueError(f"ModelConfig.router={self.router!r}; expected softmax|sigmoid")
+            if self.expert_dispatch not in ("gather", "all_to_all"):
+                raise ValueError(
+                    f"ModelConfig.expert_dispatch={self.expert_dispatch!r}; expected "
+                    "gather|all_to_all"
+                )
         if self.kv_lora_rank and self.n_kv_heads != self.n_heads:
             raise ValueError(
                 f"ModelConfig: MLA (kv_lora_rank={self.kv_lora_rank}) needs n_kv_heads="

@@ -17,9 +17,15 @@ assignments (earliest tokens first) and the rest contribute nothing (their token
 residual and the shared experts): the GShard/Switch semantics, reported as `dropped`; shapes stay
 static, so this changes the result, not the compute.
 
-Expert parallelism: with a mesh set (jax.set_mesh) whose "expert" axis is > 1, each device runs
-its own experts over its batch shard's tokens and one psum adds the partial outputs (see
-routed_experts); the update builder's jitted functions set their mesh (in_expert_mesh).
+Expert parallelism: with a mesh set (jax.set_mesh) whose "expert" axis is > 1, the batch is
+split over that axis too; each device gathers its expert group's tokens, runs its own experts on
+them and a reduce-scatter returns the summed outputs (see routed_experts). With
+cfg.expert_dispatch="all_to_all" each assignment is sent to its expert's device instead, in
+static buffers per destination: dropless they must hold the worst case (all of a device's
+assignments to one device), so they are as large as the gather form's; only a capacity factor
+makes them smaller (and drops what does not fit). jax.lax.ragged_all_to_all, which would send
+only the real rows, exists in jax 0.10.2 but XLA:CPU does not implement it. The update
+builder's and the rollout sampler's jitted functions set their mesh (in_expert_mesh).
 Balancing: update_router_bias / balancing_hook (after each optimizer step, from the step's
 loads), sequence_balance_loss (optional auxiliary loss). GRPO: routing replay (moe_ffn's
 replay_NTK) and `disagreement`.
@@ -89,9 +95,13 @@ def routed_experts(x_TD, gates_TK, experts_TK, lp, cfg: ModelConfig):
     """sum_k gate[t,k] * expert_{e[t,k]}(x[t]) by sorted dispatch. Returns (y [T,D], kept [T,k]).
 
     Under a mesh (jax.set_mesh) with an "expert" axis of size n > 1, each device holds E/n
-    experts (the weights are sharded so by sharding.RULES) and runs only the assignments to
-    its own experts over all tokens of its batch shard; one psum over the axis adds them up
-    (the all-gather form of expert parallelism, for an axis within a host)."""
+    experts (the weights are sharded so by sharding.RULES) and its T/n tokens (the batch is
+    split over the expert axis too): it all-gathers the tokens of its expert group, runs only
+    the assignments to its own experts, and a reduce-scatter sums the partial outputs and hands
+    each device back its own tokens' (the gather form of expert parallelism). With T not
+    divisible by n the tokens come replicated and one psum adds the partial outputs.
+    cfg.expert_dispatch="all_to_all" (T divisible by n): see _all_to_all_ffn; its buffers can
+    drop more assignments under a capacity factor, and `kept` reports them."""
     T, k = experts_TK.shape
     kept = jnp.ones((T * k,), bool)
     cap = capacity(cfg, T)
@@ -108,25 +118,73 @@ def routed_experts(x_TD, gates_TK, experts_TK, lp, cfg: ModelConfig):
         return _grouped_ffn(x_TD, experts_TK, w_TK, *weights, cfg), kept.reshape(T, k)
     if cfg.n_experts % n:
         raise ValueError(f"ModelConfig.n_experts={cfg.n_experts} not divisible by expert axis {n}")
+    split = T % n == 0
+    P = jax.sharding.PartitionSpec
+    if split and cfg.expert_dispatch == "all_to_all":
+        c = cfg.capacity_factor
+        per_dst = (T // n) * k  # dropless: all of a device's assignments may go to one device
+        if c:
+            per_dst = min(per_dst, math.ceil(c * per_dst / n))
+        ffn = functools.partial(_all_to_all_ffn, n=n, per_dst=per_dst, cfg=cfg)
+        y, kept = jax.shard_map(
+            ffn,
+            in_specs=(P("expert"),) * 7,
+            out_specs=(P("expert"), P("expert")),
+            axis_names={"expert"},
+            check_vma=False,
+        )(x_TD, experts_TK, w_TK, kept.reshape(T, k), *weights)
+        return y, kept
 
     def local(x, e, w, wg, wu, wd):
+        if split:  # this device's tokens -> the expert group's
+            x, e, w = (jax.lax.all_gather(a, "expert", tiled=True) for a in (x, e, w))
         first = jax.lax.axis_index("expert") * wg.shape[0]
         mine = (e >= first) & (e < first + wg.shape[0])
         e_loc = jnp.where(mine, e - first, wg.shape[0])  # others: past the last group
         y = _grouped_ffn(x, e_loc, jnp.where(mine, w, 0.0), wg, wu, wd, cfg)
+        if split:
+            return jax.lax.psum_scatter(y, "expert", tiled=True)
         return jax.lax.psum(y, "expert")
 
-    P = jax.sharding.PartitionSpec
+    tok = P("expert") if split else P()
     y = jax.shard_map(
         local,
-        in_specs=(P(), P(), P(), P("expert"), P("expert"), P("expert")),
-        out_specs=P(),
+        in_specs=(tok, tok, tok, P("expert"), P("expert"), P("expert")),
+        out_specs=tok,
         axis_names={"expert"},
-        # With the default check_vma=True, jax 0.10.2 gave a wrong gradient for x (not summed
-        # over the axis); the model's own psum is explicit, so the check is not needed.
+        # With the default check_vma=True, jax 0.10.2 gave a wrong gradient for x in the psum
+        # form (not summed over the axis); the collectives are explicit, so no check is needed.
         check_vma=False,
     )(x_TD, experts_TK, w_TK, *weights)
     return y, kept.reshape(T, k)
+
+
+def _all_to_all_ffn(x_TD, e_TK, w_TK, kept_TK, wg, wu, wd, *, n, per_dst, cfg):
+    """Inside shard_map, on this device's T tokens: each kept assignment goes to the device of
+    its expert (E/n experts per device) in one all_to_all of [n, per_dst] rows (in token order;
+    an assignment past per_dst is dropped), the experts run on what arrived, and a second
+    all_to_all brings the outputs back, weighted and summed per token. Returns (y, kept)."""
+    T, k = e_TK.shape
+    El, D, C = wg.shape[0], x_TD.shape[-1], per_dst
+    dst = e_TK.reshape(-1) // El  # [A]
+    live = kept_TK.reshape(-1)
+    onehot = jax.nn.one_hot(dst, n, dtype=jnp.int32) * live[:, None]  # [A,n]
+    rank = jnp.take_along_axis(jnp.cumsum(onehot, 0) - onehot, dst[:, None], 1)[:, 0]
+    sent = live & (rank < C)
+    slot = jnp.where(sent, dst * C + rank, n * C)  # n * C: out of range, not written
+    x_A = x_TD.astype(jnp.dtype(cfg.dtype))[jnp.arange(T * k) // k]
+    buf_x = jnp.zeros((n * C, D), x_A.dtype).at[slot].set(x_A, mode="drop")
+    buf_e = jnp.full((n * C,), El, jnp.int32).at[slot].set(e_TK.reshape(-1) % El, mode="drop")
+
+    def exchange(a):  # row block j goes to device j; block j received came from device j
+        return jax.lax.all_to_all(a.reshape(n, C, *a.shape[1:]), "expert", 0, 0).reshape(a.shape)
+
+    recv_x, recv_e = exchange(buf_x), exchange(buf_e)  # empty slots: expert El, no group
+    y = _grouped_ffn(recv_x, recv_e[:, None], jnp.ones((n * C, 1), f32), wg, wu, wd, cfg)
+    back = exchange(y)[jnp.minimum(slot, n * C - 1)]  # [A,D]: each assignment's output
+    w = jnp.where(sent, w_TK.reshape(-1), 0.0)
+    y_TD = (back.astype(f32) * w[:, None]).reshape(T, k, D).sum(1)
+    return y_TD.astype(x_A.dtype), sent.reshape(T, k)
 
 
 def expert_parallelism() -> int:
