@@ -51,6 +51,10 @@ class SamplingConfig:
     decoder: str = "static"
     slots: int = 0  # continuous decoder: rows decoded at once (0 = a quarter of the rows)
     kv_dtype: str = "auto"  # KV cache dtype; auto = bfloat16 on accelerators, float32 on CPU
+    # Prompt positions prefilled per forward (0 = the whole prompt at once): each chunk attends
+    # to the K/V of the chunks before it, so prefill activations are batch x prefill_chunk,
+    # not batch x prompt length (tfm.prefill_chunked). Same output up to float rounding.
+    prefill_chunk: int = 0
 
     def __post_init__(self):
         if self.max_new_tokens <= 0:
@@ -66,6 +70,8 @@ class SamplingConfig:
                 f"decoder must be static or continuous and slots >= 0, got {self.decoder!r}, "
                 f"{self.slots}"
             )
+        if self.prefill_chunk < 0:
+            raise ValueError(f"prefill_chunk must be >= 0, got {self.prefill_chunk}")
         if self.kv_dtype not in ("auto", "float32", "bfloat16"):
             raise ValueError(f"kv_dtype must be auto, float32 or bfloat16, got {self.kv_dtype!r}")
 
@@ -304,8 +310,15 @@ def generate(
 
 
 def prefill(params, prompt_tokens_BP, prompt_mask_BP, cfg: ModelConfig, s: SamplingConfig):
-    """tfm.prefill with the cache in the sampler's KV dtype."""
-    h_BD, prefix = tfm.prefill(params, prompt_tokens_BP, prompt_mask_BP, cfg)
+    """tfm.prefill (or, with s.prefill_chunk shorter than the prompts, tfm.prefill_chunked)
+    with the cache in the sampler's KV dtype."""
+    tfm.check_prefill_chunk(cfg, s.prefill_chunk)
+    if 0 < s.prefill_chunk < prompt_tokens_BP.shape[1]:
+        h_BD, prefix = tfm.prefill_chunked(
+            params, prompt_tokens_BP, prompt_mask_BP, cfg, s.prefill_chunk
+        )
+    else:
+        h_BD, prefix = tfm.prefill(params, prompt_tokens_BP, prompt_mask_BP, cfg)
     kv = kv_dtype(s)
     return h_BD, {**prefix, "k": prefix["k"].astype(kv), "v": prefix["v"].astype(kv)}
 

@@ -483,6 +483,60 @@ def prefill(params: Params, tokens_BP, mask_BP, cfg: ModelConfig):
     return h[:, -1], prefix
 
 
+def prefill_chunked(params: Params, tokens_BP, mask_BP, cfg: ModelConfig, chunk: int):
+    """prefill, `chunk` positions at a time: each chunk's queries attend to the K/V written so
+    far (attention.chunk_attention, queries at an offset), so activations are [B, chunk, ...]
+    instead of [B, P, ...]; only the cache grows with P. Same outputs as prefill, up to float
+    rounding, at the real (mask 1) positions. P need not be a multiple of chunk: the prompts get
+    more left padding, cut off again. Padding positions' K/V (never read) differ from prefill's.
+    MLA and capacity-limited MoE are refused (check_prefill_chunk)."""
+    check_prefill_chunk(cfg, chunk)
+    B, P = tokens_BP.shape
+    n = -(-P // chunk)
+    extra = n * chunk - P
+    tokens = jnp.pad(tokens_BP, ((0, 0), (extra, 0)))
+    seg = jnp.pad(mask_BP.astype(jnp.int32), ((0, 0), (extra, 0)))
+    pos = positions_from_mask(seg)
+    shape = (cfg.n_layers, B, n * chunk, cfg.n_kv_heads, cfg.head_dim)
+    cache = (jnp.zeros(shape, cfg.dtype), jnp.zeros(shape, cfg.dtype))
+
+    def one_chunk(cache, c):
+        start = c * chunk
+        part = lambda a: jax.lax.dynamic_slice_in_dim(a, start, chunk, axis=1)  # noqa: E731
+        seg_c = part(seg)
+        attend = attn_lib.chunk_attention(seg_c, seg, start, cfg, *_attention_dims(cfg))
+
+        def layer(carry, xs):  # the stacked cache is a carry, so it is written in place
+            x, ck, cv = carry
+            lp, li = xs
+            q, k, v = _qkv(x, lp, part(pos), cfg)
+            ck = jax.lax.dynamic_update_slice(ck, k[None].astype(ck.dtype), (li, 0, start, 0, 0))
+            cv = jax.lax.dynamic_update_slice(cv, v[None].astype(cv.dtype), (li, 0, start, 0, 0))
+            x = _finish_block(x, attend(q, ck[li], cv[li]), lp, cfg, seg_c != 0)
+            return ((x[0] if isinstance(x, tuple) else x), ck, cv), None
+
+        x = embed(params, part(tokens), cfg)
+        (x, ck, cv), _ = _scan_layers(layer, (x, *cache), params, jnp.arange(cfg.n_layers))
+        return (ck, cv), x[:, -1]
+
+    (k, v), h_last = jax.lax.scan(one_chunk, cache, jnp.arange(n))
+    k, v = k[:, :, extra:], v[:, :, extra:]
+    prefix = {"mask": mask_BP.astype(bool), "length": mask_BP.sum(1)}
+    prefix.update(k=k.transpose(0, 1, 3, 4, 2), v=v.transpose(0, 1, 3, 2, 4))
+    return rms_norm(h_last[-1], params["final_norm"], cfg.rms_eps), prefix
+
+
+def check_prefill_chunk(cfg: ModelConfig, chunk: int) -> None:
+    """A one-line error for the models chunked prefill does not cover."""
+    if chunk and cfg.kv_lora_rank:
+        raise ValueError("sampling.prefill_chunk is not supported for MLA models; set it to 0")
+    if chunk and cfg.n_experts and cfg.capacity_factor:
+        # An expert's capacity counts the tokens of one forward: a chunk would drop others.
+        raise ValueError(
+            "sampling.prefill_chunk needs dropless MoE (capacity_factor 0); set it to 0"
+        )
+
+
 def init_suffix(cfg: ModelConfig, n: int, max_len: int, dtype=None) -> dict:
     """An empty per-row cache for max_len generated tokens; rows advance in lockstep.
 

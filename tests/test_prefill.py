@@ -1,0 +1,121 @@
+"""Chunked prefill (sampling.prefill_chunk) against the whole-prompt prefill, its reference:
+the prompt KV, the last logits and the sampled tokens of both decoders."""
+
+import dataclasses
+
+import jax
+import numpy as np
+import pytest
+from hf_utils import left_padded_batch
+
+from r1jax import continuous, rollout, sampling
+from r1jax.errors import ConfigError
+from r1jax.models import get_preset, init_params
+from r1jax.models import transformer as tfm
+from r1jax.models.config import ModelConfig
+
+CFG = get_preset(
+    "tiny",
+    d_model=32,
+    n_layers=2,
+    n_heads=4,
+    n_kv_heads=2,
+    head_dim=8,
+    d_ff=48,
+    vocab_size=61,
+    init_std=0.2,
+)
+# Left-padded prompts (the sampler's layout) of 7, 3, 12 and 16 tokens in a 16-wide batch.
+LENGTHS = [7, 3, 12, 16]
+
+
+def _prompts():
+    return left_padded_batch(np.random.default_rng(0), CFG.vocab_size, LENGTHS, 16)
+
+
+def _prefill(params, tokens, mask, cfg, chunk):
+    s = sampling.SamplingConfig(prefill_chunk=chunk, kv_dtype="float32")
+    run = jax.jit(lambda p, t, m: sampling.prefill(p, t, m, cfg, s))
+    h, prefix = run(params, tokens, mask)
+    return jax.device_get((tfm.logits_from_hidden(params, h, cfg), prefix))
+
+
+def _assert_prefill_equal(out, ref, mask):
+    np.testing.assert_array_equal(out[1]["mask"], ref[1]["mask"])
+    np.testing.assert_array_equal(out[1]["length"], ref[1]["length"])
+    assert np.abs(ref[0]).max() > 1.0
+    np.testing.assert_allclose(out[0], ref[0], atol=1e-5, rtol=0)
+    real = mask.astype(bool)  # padding positions' K/V are never read (and differ)
+    for name, axis in (("k", 4), ("v", 3)):  # k [L,B,K,Dh,P], v [L,B,K,P,Dh]
+        a, b = np.moveaxis(out[1][name], axis, 2), np.moveaxis(ref[1][name], axis, 2)
+        assert a.shape == b.shape, name
+        np.testing.assert_allclose(a[:, real], b[:, real], atol=1e-5, rtol=0, err_msg=name)
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        CFG,  # auto: dense attention (the 16-key cache fits a key block)
+        CFG.replace(attention="blocked", attention_block_q=2, attention_block_kv=4),
+    ],
+    ids=["dense", "blocked"],
+)
+def test_chunked_prefill_equals_whole_prompt(cfg):
+    """Chunks of 4 (divides 16), 5 and 7 (do not: more left padding), and 16 (one chunk: the
+    whole-prompt path itself)."""
+    params = init_params(cfg, jax.random.key(0))
+    tokens, mask = _prompts()
+    ref = _prefill(params, tokens, mask, cfg, 0)
+    for chunk in (4, 5, 7):
+        _assert_prefill_equal(_prefill(params, tokens, mask, cfg, chunk), ref, mask)
+
+
+def test_dropless_moe_chunked_and_the_refused_models():
+    """A dropless MoE model prefills in chunks like whole; MLA and a capacity-limited MoE (whose
+    expert capacity counts the tokens of one forward) are refused, naming the field."""
+    moe = ModelConfig(61, 32, 2, 4, 2, 8, 24, n_experts=4, n_experts_per_tok=2, moe_d_ff=24)
+    moe = moe.replace(first_k_dense=1, init_std=0.3)
+    params = init_params(moe, jax.random.key(1))
+    tokens, mask = _prompts()
+    ref = _prefill(params, tokens, mask, moe, 0)
+    _assert_prefill_equal(_prefill(params, tokens, mask, moe, 5), ref, mask)
+    mla = ModelConfig(61, 32, 2, 4, 4, 8, 48, kv_lora_rank=16, qk_rope_dim=8, v_head_dim=12)
+    for cfg in (moe.replace(capacity_factor=1.0), mla):
+        with pytest.raises(ValueError, match="sampling.prefill_chunk"):
+            tfm.check_prefill_chunk(cfg, 4)
+    tfm.check_prefill_chunk(mla, 0)
+
+
+def test_decoders_sample_the_same_tokens_with_chunked_prefill():
+    """Static and continuous decoders with prefill_chunk 5 give the whole-prompt static
+    decoder's tokens exactly and its log-probs within 1e-5."""
+    params = init_params(CFG, jax.random.key(0))
+    tokens, mask = _prompts()
+    s = sampling.SamplingConfig(
+        max_new_tokens=10, temperature=1.0, top_k=20, chunk=4, eos_ids=(3, 4), kv_dtype="float32"
+    )
+    key = jax.random.key(5)
+    ref = jax.device_get(sampling.generate(params, tokens, mask, key, cfg=CFG, s=s, group_size=2))
+    assert len(set(ref["length"].tolist())) >= 3
+    s5 = dataclasses.replace(s, prefill_chunk=5)
+    s5c = dataclasses.replace(s5, decoder="continuous", slots=3)
+    for fn, sc in ((sampling.generate, s5), (continuous.generate, s5c)):
+        out = jax.device_get(fn(params, tokens, mask, key, cfg=CFG, s=sc, group_size=2))
+        for k in ("tokens", "mask", "length"):
+            np.testing.assert_array_equal(out[k], ref[k], err_msg=k)
+        np.testing.assert_allclose(out["logp"], ref["logp"], atol=1e-5, rtol=0)
+
+
+def test_prefill_chunk_from_the_config_and_its_errors():
+    class Tok:
+        eos_ids, pad_id = (2,), 0
+
+        def encode(self, t):
+            return [5]
+
+    section = dict(max_new_tokens=8, temperature=1.0, top_p=1.0, top_k=0, chunk=4)
+    assert rollout.sampling_config({**section, "prefill_chunk": 512}, Tok()).prefill_chunk == 512
+    with pytest.raises(ConfigError, match=r"config.sampling.prefill_chunk=-1"):
+        rollout.sampling_config({**section, "prefill_chunk": -1}, Tok())
+    with pytest.raises(ValueError, match="prefill_chunk"):
+        sampling.SamplingConfig(prefill_chunk=-2)
