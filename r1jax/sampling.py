@@ -55,6 +55,9 @@ class SamplingConfig:
     # to the K/V of the chunks before it, so prefill activations are batch x prefill_chunk,
     # not batch x prompt length (tfm.prefill_chunked). Same output up to float rounding.
     prefill_chunk: int = 0
+    # Continuous decoder: prompts prefilled at a time inside the decode loop, as the rows to
+    # be taken reach them (0 = every prompt before decoding starts; r1jax.continuous._Store).
+    prefill_group: int = 0
 
     def __post_init__(self):
         if self.max_new_tokens <= 0:
@@ -70,8 +73,11 @@ class SamplingConfig:
                 f"decoder must be static or continuous and slots >= 0, got {self.decoder!r}, "
                 f"{self.slots}"
             )
-        if self.prefill_chunk < 0:
-            raise ValueError(f"prefill_chunk must be >= 0, got {self.prefill_chunk}")
+        if self.prefill_chunk < 0 or self.prefill_group < 0:
+            raise ValueError(
+                f"prefill_chunk and prefill_group must be >= 0, got {self.prefill_chunk}, "
+                f"{self.prefill_group}"
+            )
         if self.kv_dtype not in ("auto", "float32", "bfloat16"):
             raise ValueError(f"kv_dtype must be auto, float32 or bfloat16, got {self.kv_dtype!r}")
 

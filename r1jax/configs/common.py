@@ -116,6 +116,9 @@ def sampling(**kw) -> dict:
         # those before it, so prefill activation memory is batch x prefill_chunk, not batch x
         # prompt length. Not for MLA or capacity-limited MoE models.
         prefill_chunk=0,
+        # continuous decoder: prompts prefilled at a time inside the decode loop, when the rows
+        # to be taken reach them (0 = all prompts before decoding starts)
+        prefill_group=0,
     )
     unknown = sorted(set(kw) - set(base))
     if unknown:
