@@ -7,7 +7,12 @@ Here `slots` rows are decoded at once. When a row ends, its slot takes the next 
 rows computes a live row.
 
 KV: every prompt is prefilled once, as in the static decoder, into a prompt store [L,B,...];
-a slot's own cache holds only its completion. A slot attends to [its prompt's KV ; its own KV]
+a slot's own cache holds only its completion. By default all prompts are prefilled before
+decoding starts; with `prefill_group` g the store starts empty and, before each chunk of
+steps, a lax.while_loop prefills the next g prompts until the rows the chunk may take (the
+next `slots` pending rows) are ready; a slot whose next row is not ready idles until then
+(`_Store`). Decoding then starts after the first group, and prefill activations are those of g
+prompts, not B. A slot attends to [its prompt's KV ; its own KV]
 with one softmax (tfm._decode_attention), the prompt KV gathered per layer by the slot's prompt
 index; a new row reuses the store, so the G samples of a prompt share one prefill, and its
 first token comes from the prompt's stored last logits, with no model call.

@@ -1,5 +1,10 @@
 """Group sampler: prefill each prompt once, share its KV cache with its G samples, decode.
 
+Prefill (`prefill`) runs the prompts through the model at once, or, with `prefill_chunk`,
+prefill_chunk positions at a time, each chunk attending to the KV of the chunks before it
+(tfm.prefill_chunked), so that its activations are batch x chunk instead of batch x prompt
+length; both decoders prefill through it.
+
 Decoding runs on device as a `lax.while_loop` over chunks, each chunk a `lax.scan` of `chunk`
 steps; the loop stops after the chunk in which every row has ended (EOS, a stop sequence, or
 max_new_tokens). There are three such loops in a row, with a per-row KV cache of ~1/4, 1/2 and

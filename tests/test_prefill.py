@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from hf_utils import left_padded_batch
 
-from r1jax import continuous, rollout, sampling
+from r1jax import rollout, sampling
 from r1jax.errors import ConfigError
 from r1jax.models import get_preset, init_params
 from r1jax.models import transformer as tfm
@@ -86,9 +86,9 @@ def test_dropless_moe_chunked_and_the_refused_models():
     tfm.check_prefill_chunk(mla, 0)
 
 
-def test_decoders_sample_the_same_tokens_with_chunked_prefill():
-    """Static and continuous decoders with prefill_chunk 5 give the whole-prompt static
-    decoder's tokens exactly and its log-probs within 1e-5."""
+def test_static_decoder_samples_the_same_tokens_with_chunked_prefill():
+    """prefill_chunk 5 gives the whole-prompt decoder's tokens exactly and its log-probs within
+    1e-5 (the continuous decoder with a chunked prefill: tests/test_continuous.py)."""
     params = init_params(CFG, jax.random.key(0))
     tokens, mask = _prompts()
     s = sampling.SamplingConfig(
@@ -98,12 +98,10 @@ def test_decoders_sample_the_same_tokens_with_chunked_prefill():
     ref = jax.device_get(sampling.generate(params, tokens, mask, key, cfg=CFG, s=s, group_size=2))
     assert len(set(ref["length"].tolist())) >= 3
     s5 = dataclasses.replace(s, prefill_chunk=5)
-    s5c = dataclasses.replace(s5, decoder="continuous", slots=3)
-    for fn, sc in ((sampling.generate, s5), (continuous.generate, s5c)):
-        out = jax.device_get(fn(params, tokens, mask, key, cfg=CFG, s=sc, group_size=2))
-        for k in ("tokens", "mask", "length"):
-            np.testing.assert_array_equal(out[k], ref[k], err_msg=k)
-        np.testing.assert_allclose(out["logp"], ref["logp"], atol=1e-5, rtol=0)
+    out = jax.device_get(sampling.generate(params, tokens, mask, key, cfg=CFG, s=s5, group_size=2))
+    for k in ("tokens", "mask", "length"):
+        np.testing.assert_array_equal(out[k], ref[k], err_msg=k)
+    np.testing.assert_allclose(out["logp"], ref["logp"], atol=1e-5, rtol=0)
 
 
 def test_prefill_chunk_from_the_config_and_its_errors():

@@ -3,6 +3,9 @@ JAX, and the platform kernels (cuDNN on GPU, splash on TPU), chosen in one place
 
 All paths share one masking rule (`dense_mask`): a query sees a key when the key is not after
 it in the row (causal), both carry the same segment id, and the key's id is not 0 (padding).
+Queries may sit at an offset into the keys (query i at key position q_offset + i: a prompt
+chunk against the cache written so far, `chunk_attention`); dense, blocked and cuDNN take the
+offset, splash does not (its masks are static) and such a call runs blocked instead.
 So left-padded prompts, right-padded completions and packed rows (several segments per row)
 mask the same way everywhere. Queries of padding (segment 0) see no key: the dense softmax is
 then uniform over all S keys, and every path gives that same mean of v there (`_padding_rows`),
@@ -16,7 +19,7 @@ transformer.py; i/j index query/key blocks of sizes bq/bk.
 The blocked path runs an online softmax over key blocks inside a loop over query blocks, and a
 custom VJP that recomputes each block's probabilities from the saved log-sum-exp (FlashAttention
 2's backward), so neither pass holds more than one [bq, bk] score block per row and head.
-Causal block skipping: key blocks after a query block are never visited.
+Causal block skipping: key blocks after a query block's last position are never visited.
 """
 
 from __future__ import annotations
