@@ -330,8 +330,8 @@ def prefill(params, prompt_tokens_BP, prompt_mask_BP, cfg: ModelConfig, s: Sampl
         )
     else:
         h_BD, prefix = tfm.prefill(params, prompt_tokens_BP, prompt_mask_BP, cfg)
-    kv = kv_dtype(s)
-    return h_BD, {**prefix, "k": prefix["k"].astype(kv), "v": prefix["v"].astype(kv)}
+    kv = kv_dtype(s)  # k, v; or MLA's latent cache kv
+    return h_BD, {**prefix, **{n: prefix[n].astype(kv) for n in ("k", "v", "kv") if n in prefix}}
 
 
 def finish(toks_NT, logps_NT, s: SamplingConfig) -> dict:
@@ -373,7 +373,8 @@ def _grow_suffix(suffix: dict, empty: dict) -> dict:
     def grow(v, e):
         return jax.lax.dynamic_update_slice(e, v, (0,) * v.ndim)
 
-    return {**suffix, **{k: jax.tree.map(grow, suffix[k], empty[k]) for k in ("k", "v")}}
+    names = [k for k in ("k", "v", "kv") if k in suffix]  # kv: MLA's latent cache
+    return {**suffix, **{k: jax.tree.map(grow, suffix[k], empty[k]) for k in names}}
 
 
 def _first_end(row_T, s: SamplingConfig):

@@ -1,6 +1,6 @@
 """Chunked prefill (sampling.prefill_chunk) against the whole-prompt prefill, its reference:
-the prompt KV, the last logits and the sampled tokens. Cost: the file took 27 s of CPU (user
-time, startup included; 60 s wall at load average 12), mostly compiles of small programs."""
+the prompt KV, the last logits and the sampled tokens. Cost: the file took 38 s of CPU (user
+time, startup included; 38 s wall), mostly compiles of small programs."""
 
 import dataclasses
 
@@ -71,20 +71,36 @@ def test_chunked_prefill_equals_whole_prompt(cfg):
         _assert_prefill_equal(_prefill(params, tokens, mask, cfg, chunk), ref, mask)
 
 
-def test_dropless_moe_chunked_and_the_refused_models():
-    """A dropless MoE model prefills in chunks like whole; MLA and a capacity-limited MoE (whose
-    expert capacity counts the tokens of one forward) are refused, naming the field."""
-    moe = ModelConfig(61, 32, 2, 4, 2, 8, 24, n_experts=4, n_experts_per_tok=2, moe_d_ff=24)
-    moe = moe.replace(first_k_dense=1, init_std=0.3)
-    params = init_params(moe, jax.random.key(1))
-    tokens, mask = _prompts()
-    ref = _prefill(params, tokens, mask, moe, 0)
-    _assert_prefill_equal(_prefill(params, tokens, mask, moe, 5), ref, mask)
+def test_mla_and_dropless_moe_chunked_and_the_refused_model():
+    """An MLA model (chunks attend to the latent cache in the absorbed form) and a dropless MoE
+    model with MLA layers prefill in chunks like whole, and the static decoder samples the same
+    tokens from the MLA model (sampling used to fail on MLA caches); a capacity-limited MoE
+    (whose expert capacity counts the tokens of one forward) is refused, naming the field."""
     mla = ModelConfig(61, 32, 2, 4, 4, 8, 48, kv_lora_rank=16, qk_rope_dim=8, v_head_dim=12)
-    for cfg in (moe.replace(capacity_factor=1.0), mla):
-        with pytest.raises(ValueError, match="sampling.prefill_chunk"):
-            tfm.check_prefill_chunk(cfg, 4)
-    tfm.check_prefill_chunk(mla, 0)
+    mla = mla.replace(init_std=0.2, arch="deepseek_v3")
+    moe = mla.replace(n_experts=4, n_experts_per_tok=2, moe_d_ff=24, first_k_dense=1)
+    tokens, mask = _prompts()
+    for cfg in (mla, moe):
+        params = init_params(cfg, jax.random.key(1))
+        ref = _prefill(params, tokens, mask, cfg, 0)
+        out = _prefill(params, tokens, mask, cfg, 5)
+        assert np.abs(ref[0]).max() > 1.0
+        np.testing.assert_allclose(out[0], ref[0], atol=1e-5, rtol=0)
+        real = mask.astype(bool)  # the latent cache [L,B,P,r+p] at real positions
+        a, b = out[1]["kv"][:, real], ref[1]["kv"][:, real]
+        np.testing.assert_allclose(a, b, atol=1e-5, rtol=0)
+    # The static decoder on the MLA model (its latent cache in the sampler's KV dtype).
+    params = init_params(mla, jax.random.key(1))
+    s = sampling.SamplingConfig(max_new_tokens=8, chunk=4, eos_ids=(3,), kv_dtype="float32")
+    ref, out = (
+        jax.device_get(sampling.generate(params, tokens, mask, jax.random.key(0), cfg=mla, s=sc))
+        for sc in (s, dataclasses.replace(s, prefill_chunk=5))
+    )
+    np.testing.assert_array_equal(out["tokens"], ref["tokens"])
+    np.testing.assert_allclose(out["logp"], ref["logp"], atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="sampling.prefill_chunk"):
+        tfm.check_prefill_chunk(moe.replace(capacity_factor=1.0), 4)
+    tfm.check_prefill_chunk(moe.replace(capacity_factor=1.0), 0)
 
 
 def test_static_decoder_samples_the_same_tokens_with_chunked_prefill():
