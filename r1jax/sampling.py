@@ -58,7 +58,8 @@ class SamplingConfig:
     kv_dtype: str = "auto"  # KV cache dtype; auto = bfloat16 on accelerators, float32 on CPU
     # Prompt positions prefilled per forward (0 = the whole prompt at once): each chunk attends
     # to the K/V of the chunks before it, so prefill activations are batch x prefill_chunk,
-    # not batch x prompt length (tfm.prefill_chunked). Same output up to float rounding.
+    # not batch x prompt length (tfm.prefill_chunked; not for capacity-limited MoE). Same
+    # output up to float rounding.
     prefill_chunk: int = 0
     # Continuous decoder: prompts prefilled at a time inside the decode loop, as the rows to
     # be taken reach them (0 = every prompt before decoding starts; r1jax.continuous._Store).
