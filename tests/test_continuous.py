@@ -74,7 +74,7 @@ def test_lazy_grouped_prefill_equals_static(setup):
     two at a time (3 prompts padded to 4 with an empty one) with 5 slots, per-layer (unrolled)
     weights and a chunked prefill. Slots idle while their next rows' prompts are not prefilled,
     which changes when rows start but not what they draw: the static decoder's rows.
-    Cost: ~17 s of CPU (22 s user with startup, 59 s wall at load average 12): three compiles."""
+    Cost: 9 s (load average ~5; three compiles of small programs)."""
     params, tokens, mask = setup
     s = sampling.SamplingConfig(
         max_new_tokens=14, temperature=1.0, top_k=20, chunk=4, eos_ids=(3, 4, 5)
