@@ -14,6 +14,9 @@ the lengths: the static side runs every row until the longest has ended, in whol
 continuous side runs `slots` rows until its last row has ended), against the useful tokens.
 
     python benchmarks/continuous.py               # ~5 minutes on 2 cores
+
+--prefill-group g adds a side with the first slot count whose prompts are prefilled g at a time
+inside the decode loop (sampling.prefill_group; its prefill is inside its decode time).
 """
 
 from __future__ import annotations
@@ -66,6 +69,13 @@ def main():
     ap.add_argument("--slots", default="16,32,64", help="slot counts of the continuous side")
     ap.add_argument("--repeats", type=int, default=3, help="timed runs per side (best is used)")
     ap.add_argument("--unroll-decode", action="store_true", help="ModelConfig.unroll_decode")
+    ap.add_argument(
+        "--prefill-group",
+        type=int,
+        default=0,
+        help="also run the first slot count with prompts prefilled this many at a time inside "
+        "the decode loop (sampling.prefill_group)",
+    )
     ap.add_argument("--no-write", action="store_true", help="print, do not touch RESULTS.md")
     ap.add_argument("--section", default="Continuous vs static sampler")
     args = ap.parse_args()
@@ -81,6 +91,10 @@ def main():
     sides = {"static": (sampling.generate, s)}
     for k in map(int, args.slots.split(",")):
         sides[f"continuous, {k} slots"] = (continuous.generate, dataclasses.replace(s, slots=k))
+    if args.prefill_group:
+        k, g = int(args.slots.split(",")[0]), args.prefill_group
+        sc = dataclasses.replace(s, slots=k, prefill_group=g)
+        sides[f"continuous, {k} slots, prefill group {g}"] = (continuous.generate, sc)
 
     @jax.jit
     def prefill(params, tokens, mask):

@@ -7,7 +7,12 @@ Here `slots` rows are decoded at once. When a row ends, its slot takes the next 
 rows computes a live row.
 
 KV: every prompt is prefilled once, as in the static decoder, into a prompt store [L,B,...];
-a slot's own cache holds only its completion. A slot attends to [its prompt's KV ; its own KV]
+a slot's own cache holds only its completion. By default all prompts are prefilled before
+decoding starts; with `prefill_group` g the store starts empty and, before each chunk of
+steps, a lax.while_loop prefills the next g prompts until the rows the chunk may take (the
+next `slots` pending rows) are ready; a slot whose next row is not ready idles until then
+(`_Store`). Decoding then starts after the first group, and prefill activations are those of g
+prompts, not B. A slot attends to [its prompt's KV ; its own KV]
 with one softmax (tfm._decode_attention), the prompt KV gathered per layer by the slot's prompt
 index; a new row reuses the store, so the G samples of a prompt share one prefill, and its
 first token comes from the prompt's stored last logits, with no model call.
@@ -66,16 +71,19 @@ def generate(
     N, T = B * G, s.max_new_tokens
     sampling.check_end_at(end_at_N, N, s)
     S, T_pad = num_slots(s, N), -(-T // s.chunk) * s.chunk
-    h_BD, prefix = sampling.prefill(params, prompt_tokens_BP, prompt_mask_BP, cfg, s)
-    logits_BV = tfm.logits_from_hidden(params, h_BD, cfg)
-    length_B = prefix["length"].astype(jnp.int32)
     keys_N = _row_keys(key, B, G)
+    lazy = 0 < s.prefill_group < B
+    store = _Store(params, prompt_tokens_BP, prompt_mask_BP, cfg, s, G, lazy)
+    length_B = store.length_B
+    dparams = params  # the decode step's weights: per-layer lists with cfg.unroll_decode
     if cfg.unroll_decode:
-        params, prefix = tfm.unstack_layers(params, prefix)
+        layers = [jax.tree.map(lambda a, i=i: a[i], params["layers"]) for i in range(cfg.n_layers)]
+        dparams = {**params, "layers": layers}
     slot = jnp.arange(S)
 
-    def step(state, _):
-        # row_S: the slot's row (N: idle, no rows left); t_S: its next token's index.
+    def step(pre, state, _):
+        # row_S: the slot's row (N: idle, no rows ready or left); t_S: its next token's index.
+        prefix, logits_BV, ready = pre
         cache, logits, hist, toks, logps, row, t, pending = state
         live = row < N
         r = jnp.minimum(row, N - 1)
@@ -87,36 +95,42 @@ def generate(
         logps = logps.at[row, t].set(logp)
         ended = ~live | sampling._ends(hist, t, tok, s) | (t >= T - 1)
         h, cache = slot_decode_step(
-            params, tok, length_B[r // G] + t, t, r // G, prefix, cache, cfg
+            dparams, tok, length_B[r // G] + t, t, r // G, prefix, cache, cfg
         )
-        # Ended slots take the pending rows in order; once none are left they idle.
-        new_row = jnp.minimum(pending + jnp.cumsum(ended) - 1, N)
-        row = jnp.where(ended, new_row, row)
+        # Ended slots take the pending rows in order, up to the last row whose prompt is
+        # prefilled (`ready`, N when all are); the others idle until rows are ready.
+        want = pending + jnp.cumsum(ended) - 1
+        row = jnp.where(ended, jnp.where(want < ready, want, N), row)
         fresh = logits_BV[jnp.minimum(row, N - 1) // G]  # a new row's first logits: its prompt's
-        logits = jnp.where(ended[:, None], fresh, tfm.logits_from_hidden(params, h, cfg))
+        logits = jnp.where(ended[:, None], fresh, tfm.logits_from_hidden(dparams, h, cfg))
         t = jnp.where(ended, 0, t + 1)
-        return (cache, logits, hist, toks, logps, row, t, pending + jnp.sum(ended)), None
+        pending = jnp.minimum(pending + jnp.sum(ended), ready)
+        return (cache, logits, hist, toks, logps, row, t, pending), None
 
     def chunk_on(n):  # a chunk of steps that attends to (and writes) the first n cache entries
-        def run(state):
-            out = jax.lax.scan(step, (_head(state[0], n), *state[1:]), None, length=s.chunk)[0]
+        def run(state, pre):
+            body = functools.partial(step, pre)
+            out = jax.lax.scan(body, (_head(state[0], n), *state[1:]), None, length=s.chunk)[0]
             return (sampling._grow_suffix(out[0], state[0]), *out[1:])
 
         return run
 
     sizes = cache_sizes(T_pad, s.chunk)
 
-    def chunk(state):
+    def chunk(state, pre):
         # The smallest cache size that holds every live slot's tokens to the end of the chunk:
         # a slot refilled mid-chunk restarts at 0, so t_S + chunk bounds every index written.
         need = jnp.max(jnp.where(state[5] < N, state[6], 0)) + s.chunk
         j = jnp.sum(jnp.asarray(sizes) < jnp.minimum(need, T_pad))
-        return jax.lax.switch(j, [chunk_on(n) for n in sizes], state)
+        return jax.lax.switch(j, [chunk_on(n) for n in sizes], state, pre)
 
     kv = sampling.kv_dtype(s)
+    # Before the first chunk: rows 0..S-1 are ready (lazy: their prompts' groups prefilled).
+    lazy_state = store.fill(store.init(), S) if lazy else ()
+    pre = store.view(lazy_state)
     state = (
         tfm.init_suffix(cfg, S, T_pad, kv),
-        logits_BV[slot // G],
+        pre[1][slot // G],
         jnp.full((S, T_pad), s.pad_id, jnp.int32),
         jnp.full((N + 1, T_pad), s.pad_id, jnp.int32),
         jnp.zeros((N + 1, T_pad), jnp.float32),
@@ -124,8 +138,86 @@ def generate(
         jnp.zeros((S,), jnp.int32),
         jnp.asarray(S, jnp.int32),
     )
-    state = jax.lax.while_loop(lambda st: jnp.any(st[5] < N), chunk, state)
+    if lazy:  # the prompt store is loop state: each chunk first prefills what its rows need
+
+        def body(st):
+            state, lst = st
+            lst = store.fill(lst, state[7] + S)
+            return chunk(state, store.view(lst)), lst
+
+        # Rows not yet taken (pending < N) keep the loop going while every slot idles.
+        going = lambda st: jnp.any(st[0][5] < N) | (st[0][7] < N)  # noqa: E731
+        state = jax.lax.while_loop(going, body, (state, lazy_state))[0]
+    else:
+        state = jax.lax.while_loop(lambda st: jnp.any(st[5] < N), lambda st: chunk(st, pre), state)
     return sampling.finish(state[3][:N], state[4][:N], s)
+
+
+class _Store:
+    """The prompts' prefix KV and first logits [B, ...], shared by each prompt's G rows.
+
+    Eager (s.prefill_group 0 or >= B): every prompt prefilled once, before decoding. Lazy: the
+    store starts empty (zeros for B' = B rounded up to whole groups, padded with empty prompts)
+    and `fill` prefills the next s.prefill_group prompts at a time, inside the decode loop,
+    until the rows a chunk may take are ready: decoding starts after the first group, and
+    prefill activations are for one group, not all B prompts. With cfg.unroll_decode the prefix
+    K/V are per-layer lists (tfm.unstack_layers), written layer by layer."""
+
+    def __init__(self, params, tokens_BP, mask_BP, cfg, s, G: int, lazy: bool):
+        self.params, self.cfg, self.s, self.G = params, cfg, s, G
+        self.B, self.length_B = tokens_BP.shape[0], mask_BP.sum(1).astype(jnp.int32)
+        if not lazy:
+            h_BD, prefix = sampling.prefill(params, tokens_BP, mask_BP, cfg, s)
+            self.prefix = self._layers(prefix)
+            self.logits_BV = tfm.logits_from_hidden(params, h_BD, cfg)
+            return
+        self.g = s.prefill_group
+        pad = -self.B % self.g
+        self.tokens = jnp.pad(tokens_BP, ((0, pad), (0, 0)))
+        self.mask = jnp.pad(mask_BP, ((0, pad), (0, 0)))
+        self.prefix = {"mask": self.mask.astype(bool), "length": self.mask.sum(1)}
+
+    def _layers(self, prefix):
+        if not self.cfg.unroll_decode:
+            return prefix
+        return {**prefix, "k": list(prefix["k"]), "v": list(prefix["v"])}
+
+    def _prefill_group(self, tokens, mask):
+        h, prefix = sampling.prefill(self.params, tokens, mask, self.cfg, self.s)
+        return prefix["k"], prefix["v"], tfm.logits_from_hidden(self.params, h, self.cfg)
+
+    def init(self):
+        """(k, v, first logits, prompts prefilled) with nothing prefilled yet."""
+        Bp = self.tokens.shape[0]
+        k, v, lg = jax.eval_shape(self._prefill_group, self.tokens[: self.g], self.mask[: self.g])
+        zeros = lambda a: jnp.zeros(a.shape[:1] + (Bp,) + a.shape[2:], a.dtype)  # noqa: E731
+        kv = self._layers({"k": zeros(k), "v": zeros(v)})
+        return kv["k"], kv["v"], jnp.zeros((Bp,) + lg.shape[1:], lg.dtype), jnp.int32(0)
+
+    def fill(self, lst, rows):
+        """Prefills the next groups until the first `rows` rows (at most B*G) are ready."""
+        need = jnp.minimum(rows, self.B * self.G)
+
+        def one(lst):
+            k, v, lg, done = lst
+            part = lambda a: jax.lax.dynamic_slice_in_dim(a, done, self.g, axis=0)  # noqa: E731
+            k_g, v_g, lg_g = self._prefill_group(part(self.tokens), part(self.mask))
+            put = lambda a, x, ax: jax.lax.dynamic_update_slice_in_dim(a, x, done, ax)  # noqa: E731
+            if isinstance(k, list):
+                k = [put(a, x, 0) for a, x in zip(k, k_g)]
+                v = [put(a, x, 0) for a, x in zip(v, v_g)]
+            else:
+                k, v = put(k, k_g, 1), put(v, v_g, 1)
+            return k, v, put(lg, lg_g, 0), done + self.g
+
+        return jax.lax.while_loop(lambda lst: lst[3] * self.G < need, one, lst)
+
+    def view(self, lst):
+        """(prefix, first logits [B,V], rows ready) as the decode step reads them."""
+        if not lst:
+            return self.prefix, self.logits_BV, self.B * self.G
+        k, v, lg, done = lst
+        return {**self.prefix, "k": k, "v": v}, lg, jnp.minimum(done * self.G, self.B * self.G)
 
 
 def _row_keys(key, B: int, G: int):

@@ -32,6 +32,8 @@ def check_sampling(section, where: str = "config.sampling") -> None:
         "top_k": (lambda v: v >= 0 and v == int(v), "an integer >= 0 (0: no top-k)"),
         "max_new_tokens": (lambda v: v >= 1 and v == int(v), "an integer >= 1"),
         "chunk": (lambda v: v >= 1 and v == int(v), "an integer >= 1"),
+        "prefill_chunk": (lambda v: v >= 0 and v == int(v), "an integer >= 0 (0: whole prompt)"),
+        "prefill_group": (lambda v: v >= 0 and v == int(v), "an integer >= 0 (0: all up front)"),
     }
     for name, (ok, rule) in rules.items():
         v = section.get(name, 1)
@@ -58,6 +60,8 @@ def sampling_config(section, tok, **override) -> sampling.SamplingConfig:
         decoder=str(s.get("decoder", "static")),
         slots=int(s.get("slots", 0)),
         kv_dtype=str(s.get("kv_dtype", "auto")),
+        prefill_chunk=int(s.get("prefill_chunk", 0)),
+        prefill_group=int(s.get("prefill_group", 0)),
     )
 
 

@@ -1,5 +1,10 @@
 """Group sampler: prefill each prompt once, share its KV cache with its G samples, decode.
 
+Prefill (`prefill`) runs the prompts through the model at once, or, with `prefill_chunk`,
+prefill_chunk positions at a time, each chunk attending to the KV of the chunks before it
+(tfm.prefill_chunked), so that its activations are batch x chunk instead of batch x prompt
+length; both decoders prefill through it.
+
 Decoding runs on device as a `lax.while_loop` over chunks, each chunk a `lax.scan` of `chunk`
 steps; the loop stops after the chunk in which every row has ended (EOS, a stop sequence, or
 max_new_tokens). There are three such loops in a row, with a per-row KV cache of ~1/4, 1/2 and
@@ -51,6 +56,14 @@ class SamplingConfig:
     decoder: str = "static"
     slots: int = 0  # continuous decoder: rows decoded at once (0 = a quarter of the rows)
     kv_dtype: str = "auto"  # KV cache dtype; auto = bfloat16 on accelerators, float32 on CPU
+    # Prompt positions prefilled per forward (0 = the whole prompt at once): each chunk attends
+    # to the K/V of the chunks before it, so prefill activations are batch x prefill_chunk,
+    # not batch x prompt length (tfm.prefill_chunked; not for capacity-limited MoE). Same
+    # output up to float rounding.
+    prefill_chunk: int = 0
+    # Continuous decoder: prompts prefilled at a time inside the decode loop, as the rows to
+    # be taken reach them (0 = every prompt before decoding starts; r1jax.continuous._Store).
+    prefill_group: int = 0
 
     def __post_init__(self):
         if self.max_new_tokens <= 0:
@@ -65,6 +78,11 @@ class SamplingConfig:
             raise ValueError(
                 f"decoder must be static or continuous and slots >= 0, got {self.decoder!r}, "
                 f"{self.slots}"
+            )
+        if self.prefill_chunk < 0 or self.prefill_group < 0:
+            raise ValueError(
+                f"prefill_chunk and prefill_group must be >= 0, got {self.prefill_chunk}, "
+                f"{self.prefill_group}"
             )
         if self.kv_dtype not in ("auto", "float32", "bfloat16"):
             raise ValueError(f"kv_dtype must be auto, float32 or bfloat16, got {self.kv_dtype!r}")
@@ -304,10 +322,17 @@ def generate(
 
 
 def prefill(params, prompt_tokens_BP, prompt_mask_BP, cfg: ModelConfig, s: SamplingConfig):
-    """tfm.prefill with the cache in the sampler's KV dtype."""
-    h_BD, prefix = tfm.prefill(params, prompt_tokens_BP, prompt_mask_BP, cfg)
-    kv = kv_dtype(s)
-    return h_BD, {**prefix, "k": prefix["k"].astype(kv), "v": prefix["v"].astype(kv)}
+    """tfm.prefill (or, with s.prefill_chunk shorter than the prompts, tfm.prefill_chunked)
+    with the cache in the sampler's KV dtype."""
+    tfm.check_prefill_chunk(cfg, s.prefill_chunk)
+    if 0 < s.prefill_chunk < prompt_tokens_BP.shape[1]:
+        h_BD, prefix = tfm.prefill_chunked(
+            params, prompt_tokens_BP, prompt_mask_BP, cfg, s.prefill_chunk
+        )
+    else:
+        h_BD, prefix = tfm.prefill(params, prompt_tokens_BP, prompt_mask_BP, cfg)
+    kv = kv_dtype(s)  # k, v; or MLA's latent cache kv
+    return h_BD, {**prefix, **{n: prefix[n].astype(kv) for n in ("k", "v", "kv") if n in prefix}}
 
 
 def finish(toks_NT, logps_NT, s: SamplingConfig) -> dict:
@@ -349,7 +374,8 @@ def _grow_suffix(suffix: dict, empty: dict) -> dict:
     def grow(v, e):
         return jax.lax.dynamic_update_slice(e, v, (0,) * v.ndim)
 
-    return {**suffix, **{k: jax.tree.map(grow, suffix[k], empty[k]) for k in ("k", "v")}}
+    names = [k for k in ("k", "v", "kv") if k in suffix]  # kv: MLA's latent cache
+    return {**suffix, **{k: jax.tree.map(grow, suffix[k], empty[k]) for k in names}}
 
 
 def _first_end(row_T, s: SamplingConfig):

@@ -64,6 +64,47 @@ def test_blocked_equals_dense_forward_and_gradients(segments, causal, H, K, T, b
         np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=1e-5, rtol=0, err_msg=name)
 
 
+@pytest.mark.parametrize(
+    "H,K,off,T,S,bq,bk",
+    [
+        (4, 2, 26, 11, 37, 8, 16),  # GQA r=2, the last chunk of a prompt; ragged blocks
+        (3, 1, 5, 9, 29, 4, 8),  # MQA r=3, an inner chunk: the key blocks after it are skipped
+    ],
+)
+def test_queries_at_an_offset_blocked_equals_dense(H, K, off, T, S, bq, bk):
+    """T queries at key positions off + [0, T) (a prompt chunk against its cache): blocked and
+    the cuDNN wiring (XLA implementation) against dense, forward and gradients, with a traced
+    offset; the keys after the chunk get no gradient."""
+    n, dq, dv = 2, 8, 6  # value head size != query/key head size (MLA)
+    _, k, v, rng = _inputs(n, S, H, K, dq, dv)
+    q = jnp.asarray(rng.normal(size=(n, T, H, dq)), jnp.float32)
+    seg_k = _packed_segments(n, S)  # left padding, two packed segments, right padding
+    seg_q = seg_k[:, off : off + T]
+    w = jnp.asarray(rng.normal(size=(n, T, H, dv)), jnp.float32)
+
+    def dense(q, k, v, o):
+        return A.dense(q, k, v, A.dense_mask(seg_q, seg_k, o))
+
+    def blocked(q, k, v, o):
+        return A.blocked(q, k, v, seg_q, seg_k, bq=bq, bk=bk, q_offset=o)
+
+    def out_and_grads(attn):
+        loss = lambda q, k, v, o: (jnp.sum(attn(q, k, v, o) * w), attn(q, k, v, o))  # noqa: E731
+        return jax.jit(jax.grad(loss, argnums=(0, 1, 2), has_aux=True))(q, k, v, jnp.int32(off))
+
+    (gd, od), (gb, ob) = out_and_grads(dense), out_and_grads(blocked)
+    assert np.abs(np.asarray(od)).max() > 0.5
+    np.testing.assert_allclose(np.asarray(ob), np.asarray(od), atol=1e-5, rtol=0)
+    for name, a, b in zip("qkv", gd, gb):
+        assert float(jnp.abs(a).max()) > 0.1, name
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=1e-5, rtol=0, err_msg=name)
+    assert float(jnp.abs(gb[1][:, off + T :]).max(initial=0.0)) == 0.0  # no key after the chunk
+    # JAX's fused attention takes equal q/v head sizes only: k serves as the values.
+    xla = A.cudnn(q, k, k, seg_q, seg_k, implementation="xla", q_offset=off)
+    ref = A.dense(q, k, k, A.dense_mask(seg_q, seg_k, off))
+    np.testing.assert_allclose(np.asarray(xla), np.asarray(ref), atol=1e-5, rtol=0)
+
+
 def test_model_logits_blocked_equal_dense():
     """Left-padded rows through a tiny Qwen2-layout model (dense equals transformers in
     tests/test_model.py). auto picks dense here: 24 keys fit one 512-key block."""

@@ -115,6 +115,13 @@ def sampling(**kw) -> dict:
         decoder="static",
         slots=0,  # continuous decoder: rows decoded at once (0 = num_prompts * num_samples / 4)
         kv_dtype="auto",  # KV cache: auto (bf16 on accelerators, fp32 on CPU), float32, bfloat16
+        # Prompt tokens per prefill forward (0 = whole prompt): each chunk attends to the KV of
+        # those before it, so prefill activation memory is batch x prefill_chunk, not batch x
+        # prompt length. Not for capacity-limited MoE models (capacity_factor > 0).
+        prefill_chunk=0,
+        # continuous decoder: prompts prefilled at a time inside the decode loop, when the rows
+        # to be taken reach them (0 = all prompts before decoding starts)
+        prefill_group=0,
     )
     unknown = sorted(set(kw) - set(base))
     if unknown:

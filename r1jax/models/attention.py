@@ -3,6 +3,9 @@ JAX, and the platform kernels (cuDNN on GPU, splash on TPU), chosen in one place
 
 All paths share one masking rule (`dense_mask`): a query sees a key when the key is not after
 it in the row (causal), both carry the same segment id, and the key's id is not 0 (padding).
+Queries may sit at an offset into the keys (query i at key position q_offset + i: a prompt
+chunk against the cache written so far, `chunk_attention`); dense, blocked and cuDNN take the
+offset, splash does not (its masks are static) and such a call runs blocked instead.
 So left-padded prompts, right-padded completions and packed rows (several segments per row)
 mask the same way everywhere. Queries of padding (segment 0) see no key: the dense softmax is
 then uniform over all S keys, and every path gives that same mean of v there (`_padding_rows`),
@@ -16,7 +19,7 @@ transformer.py; i/j index query/key blocks of sizes bq/bk.
 The blocked path runs an online softmax over key blocks inside a loop over query blocks, and a
 custom VJP that recomputes each block's probabilities from the saved log-sum-exp (FlashAttention
 2's backward), so neither pass holds more than one [bq, bk] score block per row and head.
-Causal block skipping: key blocks after a query block are never visited.
+Causal block skipping: key blocks after a query block's last position are never visited.
 """
 
 from __future__ import annotations
@@ -56,10 +59,12 @@ def choose(
     return "blocked"
 
 
-def dense_mask(seg_q_NT, seg_k_NS):
-    """[N,T,S] boolean: causal, within one segment, never onto padding (segment id 0)."""
+def dense_mask(seg_q_NT, seg_k_NS, q_offset=0):
+    """[N,T,S] boolean: causal, within one segment, never onto padding (segment id 0). Query i
+    sits at key position q_offset + i (a chunk of queries against the keys so far, q_offset
+    may be traced)."""
     T, S = seg_q_NT.shape[1], seg_k_NS.shape[1]
-    causal = jnp.arange(T)[:, None] >= jnp.arange(S)[None, :]
+    causal = (q_offset + jnp.arange(T))[:, None] >= jnp.arange(S)[None, :]
     same = seg_q_NT[:, :, None] == seg_k_NS[:, None, :]
     return causal[None] & same & (seg_k_NS[:, None, :] != 0)
 
@@ -88,17 +93,20 @@ def dense(q_NTHh, k_NSKh, v_NSKv, mask_NTS, scale: float | None = None):
 # Blocked (flash-style) attention
 
 
-def blocked(q_NTHh, k_NSKh, v_NSKv, seg_q_NT, seg_k_NS, *, causal=True, scale=None, bq, bk):
+def blocked(
+    q_NTHh, k_NSKh, v_NSKv, seg_q_NT, seg_k_NS, *, causal=True, scale=None, bq, bk, q_offset=0
+):
     """Exact attention with an online softmax over key blocks; memory linear in T and S.
 
     Lengths need not be multiples of the blocks: queries are padded with segment -1 (they match
-    no key) and keys with segment 0 (padding), and the padding is cut off again.
+    no key) and keys with segment 0 (padding), and the padding is cut off again. Causal: query
+    i sits at key position q_offset + i (dense_mask), and key blocks after a query block's last
+    position are skipped in both passes, so a chunk of queries against a long cache visits only
+    the keys up to its end.
     """
     n, T, H, dq = q_NTHh.shape
     S, K, dv = k_NSKh.shape[1], k_NSKh.shape[2], v_NSKv.shape[-1]
     r = H // K
-    if causal and T != S:
-        raise ValueError(f"causal blocked attention needs T == S, got T={T}, S={S}")
     bq, bk = min(bq, T), min(bk, S)
     nq, nk = -(-T // bq), -(-S // bk)
     Tp, Sp = nq * bq, nk * bk
@@ -111,7 +119,8 @@ def blocked(q_NTHh, k_NSKh, v_NSKv, seg_q_NT, seg_k_NS, *, causal=True, scale=No
     seg_q = jnp.pad(seg_q_NT, ((0, 0), (0, Tp - T)), constant_values=-1)
     seg_q = seg_q.reshape(n, nq, bq).transpose(1, 0, 2)  # [nq, n, bq]
     seg_k = jnp.pad(seg_k_NS, ((0, 0), (0, Sp - S)))  # [n, Sp]
-    o = _flash(q, k, v, seg_q, seg_k, causal, float(scale), bk)  # [nq, n, K, r*bq, dv]
+    off = jnp.asarray(q_offset, jnp.int32)
+    o = _flash(q, k, v, seg_q, seg_k, off, causal, float(scale), bk)  # [nq, n, K, r*bq, dv]
     o = o.reshape(nq, n, K, r, bq, dv).transpose(1, 0, 4, 2, 3, 5).reshape(n, Tp, H, dv)
     return _padding_rows(o[:, :T], seg_q_NT, v_NSKv)
 
@@ -125,11 +134,11 @@ def _padding_rows(o_NTHv, seg_q_NT, v_NSKv):
     return jnp.where(empty, mean_v[:, None].astype(o_NTHv.dtype), o_NTHv)
 
 
-def _block_mask(seg_q, seg_k, i, j, bq, bk, causal):
+def _block_mask(seg_q, seg_k, off, i, j, bq, bk, causal):
     """[n,1,1,bq,bk] mask of query block i against key block j (seg_q [n,bq], seg_k [n,bk])."""
     m = (seg_q[:, :, None] == seg_k[:, None, :]) & (seg_k[:, None, :] != 0)
     if causal:
-        m &= (i * bq + jnp.arange(bq))[:, None] >= (j * bk + jnp.arange(bk))[None, :]
+        m &= (off + i * bq + jnp.arange(bq))[:, None] >= (j * bk + jnp.arange(bk))[None, :]
     return m[:, None, None]
 
 
@@ -140,19 +149,21 @@ def _scores(q_blk, k_blk, scale, r):
     return s.reshape(n, K, r, rbq // r, -1)
 
 
-def _kv_range(i, j, nq, nk, bq, bk, causal):
-    """Key blocks a query block i visits: [0, hi); query blocks a key block j meets: [lo, nq)."""
+def _kv_range(off, i, j, nq, nk, bq, bk, causal):
+    """Key blocks a query block i visits: [0, hi); query blocks a key block j meets: [lo, nq)
+    (empty when j starts after the last query's position off + nq*bq - 1)."""
     if not causal:
         return nk, 0
-    return jnp.minimum(nk, ((i + 1) * bq - 1) // bk + 1), (j * bk) // bq
+    hi = jnp.minimum(nk, (off + (i + 1) * bq - 1) // bk + 1)
+    return hi, jnp.maximum(0, (j * bk - off) // bq)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7))
-def _flash(q, k, v, seg_q, seg_k, causal, scale, bk):
-    return _flash_fwd(q, k, v, seg_q, seg_k, causal, scale, bk)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7, 8))
+def _flash(q, k, v, seg_q, seg_k, off, causal, scale, bk):
+    return _flash_fwd(q, k, v, seg_q, seg_k, off, causal, scale, bk)[0]
 
 
-def _flash_fwd(q, k, v, seg_q, seg_k, causal, scale, bk):
+def _flash_fwd(q, k, v, seg_q, seg_k, off, causal, scale, bk):
     nq, n, K, rbq, _ = q.shape
     bq, dv, nk = seg_q.shape[-1], v.shape[-1], k.shape[2] // bk
     r = rbq // bq
@@ -165,7 +176,7 @@ def _flash_fwd(q, k, v, seg_q, seg_k, causal, scale, bk):
             k_j = jax.lax.dynamic_slice_in_dim(k, j * bk, bk, axis=2)
             v_j = jax.lax.dynamic_slice_in_dim(v, j * bk, bk, axis=2)
             sk_j = jax.lax.dynamic_slice_in_dim(seg_k, j * bk, bk, axis=1)
-            mask = _block_mask(sq_i, sk_j, i, j, bq, bk, causal)
+            mask = _block_mask(sq_i, sk_j, off, i, j, bq, bk, causal)
             s = jnp.where(mask, _scores(q_i, k_j, scale, r), NEG_INF)
             m_new = jnp.maximum(m, s.max(-1))
             p = jnp.where(mask, jnp.exp(s - m_new[..., None]), 0.0)
@@ -181,7 +192,7 @@ def _flash_fwd(q, k, v, seg_q, seg_k, causal, scale, bk):
             jnp.zeros((n, K, r, bq), f32),
             jnp.zeros((n, K, rbq, dv), f32),
         )
-        hi, _ = _kv_range(i, 0, nq, nk, bq, bk, causal)
+        hi, _ = _kv_range(off, i, 0, nq, nk, bq, bk, causal)
         m, l, acc = jax.lax.fori_loop(0, hi, kv_block, init)
         # Queries that saw no key (padding) give 0, and a log-sum-exp the backward never uses.
         o = acc / jnp.where(l > 0, l, 1.0).reshape(n, K, rbq, 1)
@@ -189,13 +200,13 @@ def _flash_fwd(q, k, v, seg_q, seg_k, causal, scale, bk):
         return None, (o.astype(v.dtype), lse)
 
     _, (o, lse) = jax.lax.scan(q_block, None, (jnp.arange(nq), q, seg_q))
-    return o, (q, k, v, seg_q, seg_k, o, lse)
+    return o, (q, k, v, seg_q, seg_k, off, o, lse)
 
 
 def _flash_bwd(causal, scale, bk, res, do):
     """FlashAttention-2's backward: per key block j, loop over the query blocks that see it,
     recompute p = exp(s - lse), and accumulate dk_j, dv_j locally and dq into a [T] buffer."""
-    q, k, v, seg_q, seg_k, o, lse = res
+    q, k, v, seg_q, seg_k, off, o, lse = res
     nq, n, K, rbq, dq = q.shape
     bq, nk = seg_q.shape[-1], k.shape[2] // bk
     r = rbq // bq
@@ -208,7 +219,7 @@ def _flash_bwd(causal, scale, bk, res, do):
         def q_block(i, carry):
             dk, dv, dq_acc = carry
             q_i, do_i, sq_i = q[i], do[i], seg_q[i]
-            mask = _block_mask(sq_i, sk_j, i, j, bq, bk, causal)
+            mask = _block_mask(sq_i, sk_j, off, i, j, bq, bk, causal)
             s = _scores(q_i, k_j, scale, r)
             p = jnp.where(mask, jnp.exp(s - lse[i][..., None]), 0.0)  # [n,K,r,bq,bk]
             dp = jnp.matmul(do_i, v_j.transpose(0, 1, 3, 2), preferred_element_type=f32)
@@ -223,7 +234,7 @@ def _flash_bwd(causal, scale, bk, res, do):
             dq_i = jnp.matmul(ds2.astype(k.dtype), k_j, preferred_element_type=f32)
             return dk, dv, dq_acc.at[i].add(dq_i)
 
-        _, lo = _kv_range(0, j, nq, nk, bq, bk, causal)
+        _, lo = _kv_range(off, 0, j, nq, nk, bq, bk, causal)
         init = (jnp.zeros(k_j.shape, f32), jnp.zeros(v_j.shape, f32), dq_acc)
         dk, dv, dq_acc = jax.lax.fori_loop(lo, nq, q_block, init)
         return dq_acc, (dk, dv)
@@ -238,6 +249,7 @@ def _flash_bwd(causal, scale, bk, res, do):
         merge(dv).astype(v.dtype),
         None,
         None,
+        None,
     )
 
 
@@ -248,11 +260,14 @@ _flash.defvjp(_flash_fwd, _flash_bwd)
 # Platform kernels
 
 
-def cudnn(q_NTHh, k_NSKh, v_NSKv, seg_q_NT, seg_k_NS, *, scale=None, implementation="cudnn"):
+def cudnn(
+    q_NTHh, k_NSKh, v_NSKv, seg_q_NT, seg_k_NS, *, scale=None, implementation="cudnn", q_offset=0
+):
     """jax.nn.dot_product_attention's fused kernel. cuDNN's own masks cannot say "same segment"
     or left padding, so the mask goes in as a [N,1,T,S] boolean, which JAX turns into a bias of
-    that shape (per row, not per head: 1/H of the dense path's fp32 scores, without softmax)."""
-    mask = dense_mask(seg_q_NT, seg_k_NS)[:, None]
+    that shape (per row, not per head: 1/H of the dense path's fp32 scores, without softmax);
+    the same mask carries a query offset (dense_mask)."""
+    mask = dense_mask(seg_q_NT, seg_k_NS, q_offset)[:, None]
     o = jax.nn.dot_product_attention(
         q_NTHh, k_NSKh, v_NSKv, mask=mask, scale=scale, implementation=implementation
     )
@@ -310,18 +325,28 @@ def splash(q_NTHh, k_NSKh, v_NSKv, seg_NT, *, scale=None, bq, bk, interpret=Fals
 def self_attention(segment_ids_NT, cfg, dq: int, dv: int, scale: float | None = None):
     """fn(q, k, v) -> [N,T,H,Dv] for one forward pass over rows with these segment ids; the path
     is chosen here, once, from cfg.attention and the shapes (and the dense mask built once)."""
-    T = segment_ids_NT.shape[1]
-    impl = choose(cfg.attention, T, cfg.attention_block_kv, dq, dv, cfg.dtype)
-    seg = segment_ids_NT
+    return chunk_attention(segment_ids_NT, segment_ids_NT, None, cfg, dq, dv, scale)
+
+
+def chunk_attention(seg_q_NT, seg_k_NS, q_offset, cfg, dq: int, dv: int, scale=None):
+    """fn(q, k, v) for T queries at key positions q_offset + [0, T) against S keys (a prompt
+    chunk against the cache written so far; q_offset None: T == S, self-attention). The path is
+    chosen from the S keys; splash has no query offset (its masks are static), so a chunk that
+    would take it takes blocked instead."""
+    impl = choose(cfg.attention, seg_k_NS.shape[1], cfg.attention_block_kv, dq, dv, cfg.dtype)
+    off = 0 if q_offset is None else q_offset
+    if impl == "splash" and q_offset is not None:
+        impl = "blocked"
+    sq, sk = seg_q_NT, seg_k_NS
     if impl == "dense":
-        mask = dense_mask(seg, seg)
+        mask = dense_mask(sq, sk, off)
         return lambda q, k, v: dense(q, k, v, mask, scale)
     if impl == "blocked":
-        kw = dict(scale=scale, bq=cfg.attention_block_q, bk=cfg.attention_block_kv)
-        return lambda q, k, v: blocked(q, k, v, seg, seg, **kw)
+        kw = dict(scale=scale, bq=cfg.attention_block_q, bk=cfg.attention_block_kv, q_offset=off)
+        return lambda q, k, v: blocked(q, k, v, sq, sk, **kw)
     if impl == "cudnn":
-        return lambda q, k, v: cudnn(q, k, v, seg, seg, scale=scale)
+        return lambda q, k, v: cudnn(q, k, v, sq, sk, scale=scale, q_offset=off)
     if impl == "splash":
         kw = dict(scale=scale, bq=cfg.attention_block_q, bk=cfg.attention_block_kv)
-        return lambda q, k, v: splash(q, k, v, seg, **kw)
+        return lambda q, k, v: splash(q, k, v, sq, **kw)
     raise ValueError(f"ModelConfig.attention={impl!r}; expected one of {IMPLEMENTATIONS}")

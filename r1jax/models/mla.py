@@ -7,9 +7,10 @@ through its own low-rank bottleneck (q_lora_rank, RMS-normed).
 
 Two equivalent forms:
   expanded  (training, prefill): K and V per head are materialised, then ordinary attention.
-  absorbed  (decoding): W_uk is folded into the query (q_lat = W_uk^T q_nope) and W_uv applied
-            after the weighted sum of latents, so the cache holds only [c ; k_r]:
-            kv_lora_rank + qk_rope_dim values per token and layer, not 2 * H * head_dim.
+  absorbed  (decoding, chunked prefill): W_uk is folded into the query (q_lat = W_uk^T q_nope)
+            and W_uv applied after the weighted sum of latents, so the cache holds only
+            [c ; k_r]: kv_lora_rank + qk_rope_dim values per token and layer, not
+            2 * H * head_dim.
 
 Einsum letters: n rows, t query / s key positions, h heads, r latent (kv_lora_rank),
 c the query latent (q_lora_rank), e nope dim, p rope dim, v value dim, d model.
@@ -153,3 +154,17 @@ def decode_attention(
     o_lat = jnp.einsum("bghp,bpr->bghr", p_pre.reshape(b, n // b, H, -1), prefix_BPC[..., :R])
     o_lat = o_lat.reshape(n, H, R) + jnp.einsum("nhs,nsr->nhr", p_own, suffix_NSC[..., :R])
     return jnp.einsum("nhr,rhv->nhv", o_lat, w[..., E:])
+
+
+def absorbed_attention(q_nope_NTHE, q_rope_NTHP, lp, cache_NSC, attend, cfg):
+    """T queries (from `project`) against a latent cache [N,S,r+p] in the absorbed form, through
+    the model's attention path (`attend`, scale = rope(cfg)[2], models/attention.py) as one kv
+    head shared by all H heads: keys [c ; k_r], values c. Prefill in chunks uses it: the
+    attention over a long prompt never forms its per-head keys and values. o [N,T,H,v]."""
+    R, E = cfg.kv_lora_rank, cfg.head_dim
+    dt = cache_NSC.dtype
+    w = lp["wkv_b"].astype(dt)
+    q_lat = jnp.einsum("nthe,rhe->nthr", q_nope_NTHE.astype(dt), w[..., :E])
+    q = jnp.concatenate([q_lat, q_rope_NTHP.astype(dt)], -1)  # [N,T,H,r+p]
+    o_lat = attend(q, cache_NSC[:, :, None], cache_NSC[:, :, None, :R])  # [N,T,H,r]
+    return jnp.einsum("nthr,rhv->nthv", o_lat, w[..., E:])

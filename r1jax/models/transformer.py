@@ -483,6 +483,80 @@ def prefill(params: Params, tokens_BP, mask_BP, cfg: ModelConfig):
     return h[:, -1], prefix
 
 
+def prefill_chunked(params: Params, tokens_BP, mask_BP, cfg: ModelConfig, chunk: int):
+    """prefill, `chunk` positions at a time: each chunk's queries attend to the K/V written so
+    far (attention.chunk_attention, queries at an offset), so activations are [B, chunk, ...]
+    instead of [B, P, ...]; only the cache grows with P. Same outputs as prefill, up to float
+    rounding, at the real (mask 1) positions. P need not be a multiple of chunk: the prompts get
+    more left padding, cut off again. Padding positions' K/V (never read) differ from prefill's.
+    MLA: the cache is the latent [c ; k_r], and a chunk attends to it in the absorbed form
+    (mla.absorbed_attention), so no per-head K/V of the whole prompt is formed. Capacity-limited
+    MoE is refused (check_prefill_chunk)."""
+    check_prefill_chunk(cfg, chunk)
+    B, P = tokens_BP.shape
+    n = -(-P // chunk)
+    extra = n * chunk - P
+    tokens = jnp.pad(tokens_BP, ((0, 0), (extra, 0)))
+    seg = jnp.pad(mask_BP.astype(jnp.int32), ((0, 0), (extra, 0)))
+    pos = positions_from_mask(seg)
+    L, Pc = cfg.n_layers, n * chunk
+    if cfg.kv_lora_rank:  # one shared kv head: keys [c ; k_r], values c
+        C, R = cfg.kv_lora_rank + cfg.qk_rope_dim, cfg.kv_lora_rank
+        cache, dims, scale = (jnp.zeros((L, B, Pc, C), cfg.dtype),), (C, R), mla.rope(cfg)[2]
+    else:
+        shape = (L, B, Pc, cfg.n_kv_heads, cfg.head_dim)
+        cache, dims, scale = (jnp.zeros(shape, cfg.dtype),) * 2, _attention_dims(cfg), None
+
+    def one_chunk(cache, c):
+        start = c * chunk
+        part = lambda a: jax.lax.dynamic_slice_in_dim(a, start, chunk, axis=1)  # noqa: E731
+        seg_c = part(seg)
+        attend = attn_lib.chunk_attention(seg_c, seg, start, cfg, *dims, scale)
+
+        def layer(carry, xs):  # the stacked cache is a carry, so it is written in place
+            x, cache = carry
+            lp, li = xs
+
+            def write(a, x):  # this chunk's entries of layer li
+                at = (li, 0, start) + (0,) * (x.ndim - 2)
+                return jax.lax.dynamic_update_slice(a, x[None].astype(a.dtype), at)
+
+            if cfg.kv_lora_rank:
+                h = rms_norm(x, lp["attn_norm"], cfg.rms_eps)
+                q_nope, q_rope, lat, k_rope = mla.project(
+                    h, lp, part(pos), cfg, rms_norm, apply_rope
+                )
+                cache = (write(cache[0], jnp.concatenate([lat, k_rope], -1)),)
+                o = mla.absorbed_attention(q_nope, q_rope, lp, cache[0][li], attend, cfg)
+            else:
+                q, k, v = _qkv(x, lp, part(pos), cfg)
+                cache = (write(cache[0], k), write(cache[1], v))
+                o = attend(q, cache[0][li], cache[1][li])
+            x = _finish_block(x, o, lp, cfg, seg_c != 0)
+            return ((x[0] if isinstance(x, tuple) else x), cache), None
+
+        x = embed(params, part(tokens), cfg)
+        (x, cache), _ = _scan_layers(layer, (x, cache), params, jnp.arange(L))
+        return cache, x[:, -1]
+
+    cache, h_last = jax.lax.scan(one_chunk, cache, jnp.arange(n))
+    h = rms_norm(h_last[-1], params["final_norm"], cfg.rms_eps)
+    prefix = {"mask": mask_BP.astype(bool), "length": mask_BP.sum(1)}
+    if cfg.kv_lora_rank:
+        return h, {**prefix, "kv": cache[0][:, :, extra:]}
+    k, v = cache[0][:, :, extra:], cache[1][:, :, extra:]
+    return h, {**prefix, "k": k.transpose(0, 1, 3, 4, 2), "v": v.transpose(0, 1, 3, 2, 4)}
+
+
+def check_prefill_chunk(cfg: ModelConfig, chunk: int) -> None:
+    """A one-line error for the models chunked prefill does not cover."""
+    if chunk and cfg.n_experts and cfg.capacity_factor:
+        # An expert's capacity counts the tokens of one forward: a chunk would drop others.
+        raise ValueError(
+            "sampling.prefill_chunk needs dropless MoE (capacity_factor 0); set it to 0"
+        )
+
+
 def init_suffix(cfg: ModelConfig, n: int, max_len: int, dtype=None) -> dict:
     """An empty per-row cache for max_len generated tokens; rows advance in lockstep.
 
