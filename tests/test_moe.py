@@ -52,15 +52,18 @@ def _np_moe(x, lp, cfg, bias=None):
     return out, probs
 
 
-@pytest.mark.parametrize("router,groups", [("sigmoid", (4, 2)), ("softmax", (4, 2))])
-def test_sorted_ragged_dispatch_equals_per_token_loop(router, groups):
-    """route + ragged_dot dispatch = each token routed alone and its experts run one by one
+@pytest.mark.parametrize(
+    "router,groups,dispatch", [("sigmoid", (4, 2), "ragged"), ("softmax", (4, 2), "blocked")]
+)
+def test_sorted_dispatch_equals_per_token_loop(router, groups, dispatch):
+    """route + sorted dispatch = each token routed alone and its experts run one by one
     (V3: sigmoid, group top-2 sums, a non-zero bias that changes choices, normalised gates
-    times the scale; V2: softmax, max per group). Load and dropped counts agree with it."""
+    times the scale; V2: softmax, max per group). Load and dropped counts agree with it. The
+    two grouped-matmul forms equal each other below."""
     cfg = ModelConfig(
         16, 16, 1, 2, 2, 8, 32, n_experts=8, n_experts_per_tok=2, moe_d_ff=12, router=router,
         n_group=groups[0], topk_group=groups[1], norm_topk_prob=router == "sigmoid",
-        routed_scaling=2.5,
+        routed_scaling=2.5, moe_dispatch=dispatch,
     )  # fmt: skip
     rng = np.random.default_rng(0)
     lp = {
@@ -83,6 +86,41 @@ def test_sorted_ragged_dispatch_equals_per_token_loop(router, groups):
         p = probs.reshape(2, 10, 8)[n].mean(0)
         np.testing.assert_allclose(routing["balance_loss_N"][n], (f * p).sum(), rtol=1e-5)
     assert float(routing["dropped"]) == 0.0  # dropless by default
+
+
+def test_blocked_dispatch_equals_ragged_dot_with_gradients():
+    """The blocked grouped matmuls (each expert's run padded to whole blocks of 16 rows, one
+    batched matmul) give ragged_dot's output and gradients (tokens, gates, every expert weight)
+    for uneven loads: an expert filling exactly 2 blocks, one with none, and assignments to an
+    expert past the last (another device's, under expert parallelism) that count nowhere."""
+    E, T, k, D, F = 4, 100, 2, 8, 12
+    assert moe.block_size(T * k, E) == 16
+    rng = np.random.default_rng(0)
+    ids = rng.permutation(np.repeat([0, 1, 2, E], [32, 45, 100, 21]))  # none for expert 3
+    experts = jnp.asarray(np.append([E, E], ids).reshape(T, k), jnp.int32)  # token 0: foreign
+    x = jnp.asarray(rng.normal(size=(T, D)), jnp.float32)
+    gates = jnp.asarray(rng.uniform(size=(T, k)), jnp.float32)
+    ws = [jnp.asarray(rng.normal(size=s) * 0.3, jnp.float32) for s in [(E, D, F), (E, D, F)]]
+    ws.append(jnp.asarray(rng.normal(size=(E, F, D)) * 0.3, jnp.float32))
+    r = jnp.asarray(rng.normal(size=(T, D)), jnp.float32)
+    cfg = ModelConfig(16, D, 1, 2, 2, 4, F, n_experts=E, n_experts_per_tok=k, moe_d_ff=F)
+    assert moe.dispatch(cfg) == "blocked"  # auto, on CPU
+
+    def run(dispatch):
+        c = cfg.replace(moe_dispatch=dispatch)
+        f = lambda x, g, *w: moe._grouped_ffn(x, experts, g, *w, c)  # noqa: E731
+        y = jax.jit(f)(x, gates, *ws)
+        grads = jax.jit(jax.grad(lambda *a: (f(*a) * r).sum(), range(5)))(x, gates, *ws)
+        return y, grads
+
+    y_b, g_b = run("blocked")
+    y_r, g_r = run("ragged")
+    np.testing.assert_allclose(y_b, y_r, rtol=1e-5, atol=1e-5)
+    for a, b in zip(g_b, g_r, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    assert float(jnp.abs(g_b[2][3]).max()) == 0.0  # the unused expert gets no gradient
+    own = np.asarray(experts < E).any(-1)  # tokens with one of this device's experts
+    assert np.all(np.asarray(y_b)[~own] == 0) and np.all(np.abs(np.asarray(y_b)[own]).max(-1) > 0)
 
 
 def test_capacity_factor_drops_the_latest_assignments_of_an_overloaded_expert():

@@ -71,6 +71,9 @@ class ModelConfig:
     norm_topk_prob: bool = False  # renormalise the chosen gates to sum 1
     routed_scaling: float = 1.0  # gates times this
     capacity_factor: float = 0.0  # 0: dropless; c > 0: an expert keeps ceil(c*T*k/E) tokens
+    # The grouped expert matmuls (moe.py): "ragged" (jax.lax.ragged_dot) | "blocked" (each
+    # expert's tokens padded to whole blocks, one batched matmul) | "auto": blocked on CPU.
+    moe_dispatch: str = "auto"
     # Multi-head latent attention (r1jax/models/mla.py); kv_lora_rank = 0: standard attention.
     # With MLA, head_dim is the non-RoPE query/key part (qk_nope_head_dim) and n_kv_heads=n_heads.
     kv_lora_rank: int = 0  # the cached latent's size
@@ -114,6 +117,10 @@ class ModelConfig:
                 )
             if self.router not in ("softmax", "sigmoid"):
                 raise ValueError(f"ModelConfig.router={self.router!r}; expected softmax|sigmoid")
+            if self.moe_dispatch not in ("auto", "ragged", "blocked"):
+                raise ValueError(
+                    f"ModelConfig.moe_dispatch={self.moe_dispatch!r}; expected auto|ragged|blocked"
+                )
         if self.kv_lora_rank and self.n_kv_heads != self.n_heads:
             raise ValueError(
                 f"ModelConfig: MLA (kv_lora_rank={self.kv_lora_rank}) needs n_kv_heads="
