@@ -476,8 +476,8 @@ def test_grpo_trains_the_embedded_base_upcycled_to_a_moe(tmp_path):
     raises the reward: mean of steps 6-8 over steps 1-2, measured 1.04 -> 1.41 (accuracy 0.18
     -> 0.43), pinned at +0.2. Other seeds (1, 2) measured +0.28, +0.30; the same run at lr
     1e-12 (no learning) +0.06 (benchmarks/RESULTS.md, "GRPO on the upcycled embedded base").
-    Time budget: 90 s on the 2-core CI machine (measured TIME; about 100 s of CPU, a third
-    of it the first step's compilation)."""
+    Time budget: 90 s on the 2-core CI machine (measured 84 s, 85 s of CPU, with other jobs
+    at load average ~4: the first step, compiling, 26 s, then 5-8 s a step)."""
     from r1jax import configs
     from r1jax.metrics import read_metrics
     from r1jax.models.store import EMBEDDED_BASE, load_model, save_model, tokenizer_path
