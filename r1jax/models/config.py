@@ -75,6 +75,10 @@ class ModelConfig:
     # expert group's tokens all-gathered) | "all_to_all" (each assignment sent to its expert's
     # device in buffers of a fixed size per destination: worst case when dropless).
     expert_dispatch: str = "gather"
+    # The grouped expert matmuls on each device (moe.py): "ragged" (jax.lax.ragged_dot) |
+    # "blocked" (each expert's tokens padded to whole blocks, one batched matmul) | "auto":
+    # blocked on CPU, where ragged_dot is slow.
+    expert_matmul: str = "auto"
     # Multi-head latent attention (r1jax/models/mla.py); kv_lora_rank = 0: standard attention.
     # With MLA, head_dim is the non-RoPE query/key part (qk_nope_head_dim) and n_kv_heads=n_heads.
     kv_lora_rank: int = 0  # the cached latent's size
@@ -122,6 +126,11 @@ class ModelConfig:
                 raise ValueError(
                     f"ModelConfig.expert_dispatch={self.expert_dispatch!r}; expected "
                     "gather|all_to_all"
+                )
+            if self.expert_matmul not in ("auto", "ragged", "blocked"):
+                raise ValueError(
+                    f"ModelConfig.expert_matmul={self.expert_matmul!r}; expected "
+                    "auto|ragged|blocked"
                 )
         if self.kv_lora_rank and self.n_kv_heads != self.n_heads:
             raise ValueError(

@@ -10,8 +10,10 @@ Routing (per token, scores and gates in fp32):
            chosen s *without* the bias, normalised, times routed_scaling.
 
 Dispatch: the T*k (token, expert) assignments are sorted by expert and run as three grouped
-matmuls (`jax.lax.ragged_dot`), so each expert sees only its own tokens; nothing is computed for
-an expert that no token chose, and there is no dense [T, E, F] intermediate. Dropless by
+matmuls, so each expert sees only its own tokens; nothing is computed for an expert that no token
+chose, and there is no dense [T, E, F] intermediate. The grouped matmuls are `jax.lax.ragged_dot`
+or, on CPU by default (cfg.expert_matmul), each expert's run padded to whole blocks and one
+batched matmul over the blocks (at most one block of padding per expert). Dropless by
 default. With cfg.capacity_factor = c > 0 an expert keeps at most ceil(c * T * k / E)
 assignments (earliest tokens first) and the rest contribute nothing (their token keeps the
 residual and the shared experts): the GShard/Switch semantics, reported as `dropped`; shapes stay
@@ -31,7 +33,7 @@ loads), sequence_balance_loss (optional auxiliary loss). GRPO: routing replay (m
 replay_NTK) and `disagreement`.
 
 Einsum letters: t tokens (rows x positions flattened), d model, e experts, f expert hidden,
-k experts per token, a assignments (t*k).
+k experts per token, a assignments (t*k), n blocks and b rows of a block (the blocked dispatch).
 """
 
 from __future__ import annotations
@@ -213,21 +215,68 @@ def in_expert_mesh(fn, shardings):
     return call
 
 
+def matmul_form(cfg: ModelConfig) -> str:
+    """cfg.expert_matmul, "auto" resolved: blocked on CPU, where XLA's ragged_dot costs several
+    times the same matmuls done densely (benchmarks/RESULTS.md, "MoE"), else ragged_dot (a
+    grouped GEMM on GPU and TPU)."""
+    if cfg.expert_matmul != "auto":
+        return cfg.expert_matmul
+    return "blocked" if jax.default_backend() == "cpu" else "ragged"
+
+
+def block_size(n_assign: int, n_experts: int) -> int:
+    """Rows per block of the blocked dispatch: the power of two at or below A / (4E), within
+    [16, 512]. Padding adds under one block per expert (at most a quarter of A at that size),
+    and each block copies its expert's weights, so the blocks should stay few (about 5E)."""
+    b = 1 << max(0, (n_assign // (4 * n_experts)).bit_length() - 1)
+    return min(512, max(16, b))
+
+
+def block_layout(sizes_E, n_assign: int, b: int):
+    """Assignments sorted by expert (sizes_E of each, in order; any rest belong to no expert)
+    laid out so that each expert's run fills whole blocks of b rows: (src [nb, b], the sorted
+    assignment in each slot or n_assign for an empty one; expert [nb] of each block). nb =
+    (A + E(b-1)) // b >= sum_e ceil(n_e / b) for any sizes: static shapes, unused blocks empty."""
+    E = sizes_E.shape[0]
+    nb = (n_assign + E * (b - 1)) // b
+    blocks = (sizes_E + b - 1) // b
+    end = jnp.cumsum(blocks)  # one past each expert's last block
+    j = jnp.arange(nb)
+    expert = jnp.minimum(jnp.searchsorted(end, j, side="right"), E - 1)
+    rank = (j - (end - blocks)[expert])[:, None] * b + jnp.arange(b)  # within the expert's run
+    first = jnp.cumsum(sizes_E) - sizes_E  # the expert's first sorted assignment
+    src = jnp.where(rank < sizes_E[expert][:, None], first[expert][:, None] + rank, n_assign)
+    return src, expert
+
+
 def _grouped_ffn(x_TD, experts_TK, w_TK, w_gate, w_up, w_down, cfg: ModelConfig):
     """Assignments sorted by expert, three grouped matmuls, weighted scatter-add back. Expert
-    ids >= len(w_gate) fall past the last group: ragged_dot leaves their rows zero."""
+    ids >= len(w_gate) fall past the last group: no block holds them, ragged_dot leaves their
+    rows zero. Grouped matmuls: ragged_dot, or (blocked) each expert's run padded to whole
+    blocks (block_layout) and one batched matmul over the blocks with each block's expert's
+    weights; the same sums either way."""
     dt = jnp.dtype(cfg.dtype)
     T, k = experts_TK.shape
+    E, A = w_gate.shape[0], T * k
     flat_e = experts_TK.reshape(-1)  # [A]
     order = jnp.argsort(flat_e, stable=True)  # assignments grouped by expert, tokens in order
-    token = order // k
-    sizes = jnp.bincount(flat_e, length=w_gate.shape[0]).astype(jnp.int32)
-    x_sorted = x_TD.astype(dt)[token]  # [A,D]
-    h = jax.nn.silu(jax.lax.ragged_dot(x_sorted, w_gate.astype(dt), sizes))
-    h = h * jax.lax.ragged_dot(x_sorted, w_up.astype(dt), sizes)
-    y_sorted = jax.lax.ragged_dot(h, w_down.astype(dt), sizes)  # [A,D]
-    w = w_TK.reshape(-1)[order]
-    y = jnp.zeros((T, x_TD.shape[-1]), f32).at[token].add(y_sorted.astype(f32) * w[:, None])
+    token, w = order // k, w_TK.reshape(-1)[order]
+    sizes = jnp.bincount(flat_e, length=E).astype(jnp.int32)
+    wg, wu, wd = (a.astype(dt) for a in (w_gate, w_up, w_down))
+    if matmul_form(cfg) == "blocked":
+        src, expert = block_layout(sizes, A, block_size(A, E))
+        token = jnp.append(token, 0)[src]  # [nb, b]; an empty slot: token 0 with weight 0
+        w = jnp.append(w, 0.0)[src].reshape(-1)
+        x = x_TD.astype(dt)[token]
+        h = jax.nn.silu(jnp.einsum("nbd,ndf->nbf", x, wg[expert]))
+        h = h * jnp.einsum("nbd,ndf->nbf", x, wu[expert])
+        y = jnp.einsum("nbf,nfd->nbd", h, wd[expert]).reshape(-1, x_TD.shape[-1])
+        token = token.reshape(-1)
+    else:
+        x = x_TD.astype(dt)[token]  # [A,D]
+        h = jax.nn.silu(jax.lax.ragged_dot(x, wg, sizes)) * jax.lax.ragged_dot(x, wu, sizes)
+        y = jax.lax.ragged_dot(h, wd, sizes)  # [A,D]
+    y = jnp.zeros((T, x_TD.shape[-1]), f32).at[token].add(y.astype(f32) * w[:, None])
     return y.astype(dt)
 
 
