@@ -14,6 +14,7 @@ from r1jax.models import attention as A
 from r1jax.models import get_preset, init_params, logits
 from r1jax.models.config import ModelConfig, check_context
 from r1jax.models.store import config_of
+from r1jax.sharding import batch_sharding, make_mesh
 
 
 def _inputs(n, T, H, K, dq, dv, seed=0):
@@ -136,6 +137,73 @@ def test_fused_kernel_wiring_equals_dense():
     np.testing.assert_allclose(np.asarray(spl), ref, atol=1e-5, rtol=0)
 
 
+def _shard_maps(jaxpr):
+    """in_specs of every shard_map in a jaxpr, nested ones included."""
+    found = []
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "shard_map":
+            found.append(eqn.params["in_specs"])
+        for sub in jax.core.jaxprs_in_params(eqn.params):
+            found += _shard_maps(sub)
+    return found
+
+
+def test_splash_on_a_sharded_mesh_equals_dense():
+    """Splash (Pallas' interpreter) through the model's forward under a data 2 x fsdp 2 x
+    tensor 2 mesh set in the trace: packed and padded rows, GQA with its kv heads split over
+    "tensor"; hidden states and parameter gradients equal the dense path without a mesh, and
+    the kernel ran in shard_map on local [1, T, 2|1 heads] blocks. Then MQA (1 kv head does
+    not split over tensor: heads replicated) through splash_sharded alone. Splash's smallest
+    legal block is 128 keys, so T = 128. ~12 s on the 2-core VM (two grad compiles and the
+    interpreted kernel's backward)."""
+    from r1jax.models import transformer as tfm
+
+    cfg = get_preset("tiny", d_model=64, n_layers=1, n_heads=4, n_kv_heads=2, head_dim=16)
+    cfg = cfg.replace(d_ff=96, vocab_size=128, init_std=0.2)
+    cfg = cfg.replace(attention_block_q=128, attention_block_kv=128)
+    mesh = make_mesh((("data", 2), ("fsdp", 2), ("tensor", 2)))
+    params = init_params(cfg, jax.random.key(0), mesh)
+    N, T = 4, 128
+    rng = np.random.default_rng(0)
+    seg = np.ones((N, T), np.int32)
+    seg[0, :5], seg[1, 40:90], seg[1, 110:], seg[3, 64:] = 0, 2, 0, 2  # left pad, packed
+    seg = jnp.asarray(seg)
+    rows = batch_sharding(mesh, 2, N)
+    tokens = jax.device_put(jnp.asarray(rng.integers(0, cfg.vocab_size, (N, T))), rows)
+    seg, pos = jax.device_put(seg, rows), jax.device_put(tfm.positions_from_mask(seg), rows)
+    w = jnp.asarray(rng.normal(size=(N, T, cfg.d_model)), jnp.float32)
+
+    def loss(params, c):
+        h = tfm.forward(params, tokens, pos, seg, c)
+        return jnp.sum(h * w), h
+
+    run = jax.jit(jax.grad(loss, has_aux=True), static_argnums=1)
+    g_dense, h_dense = run(params, cfg.replace(attention="dense"))
+    splash = cfg.replace(attention="splash")
+    with jax.set_mesh(mesh):
+        g_splash, h_splash = run(params, splash)
+        specs = _shard_maps(jax.make_jaxpr(loss, static_argnums=1)(params, splash).jaxpr)
+    P = jax.sharding.PartitionSpec
+    qkv = P(("data", "fsdp"), None, "tensor", None)
+    assert len(specs) == 1  # one layer; before q, k, v, seg: the kernel's constants, replicated
+    assert specs[0][-4:] == (qkv, qkv, qkv, P(("data", "fsdp"), None))
+    assert np.abs(np.asarray(h_dense)).max() > 1.0
+    np.testing.assert_allclose(np.asarray(h_splash), np.asarray(h_dense), atol=1e-5, rtol=0)
+    for (path, a), b in zip(
+        jax.tree_util.tree_leaves_with_path(g_dense), jax.tree.leaves(g_splash)
+    ):
+        scale = float(jnp.abs(a).max())  # sums over 512 positions: up to ~100 here
+        assert scale > 1.0, path
+        np.testing.assert_allclose(b, a, atol=1e-5 * scale, rtol=0, err_msg=str(path))
+
+    q, k, v, _ = _inputs(N, T, 3, 1, 16, 8, seed=2)
+    ref = A.dense(q, k, v, A.dense_mask(seg, seg))
+    kw = dict(bq=128, bk=128, interpret=True)
+    with jax.set_mesh(mesh):
+        out = jax.jit(lambda *a: A.splash_sharded(*a, **kw))(q, k, v, seg)
+    np.testing.assert_allclose(np.asarray(out), np.asarray(ref), atol=1e-5, rtol=0)
+
+
 def test_auto_choice():
     c = lambda S, platform, dtype="bfloat16", dq=128, dv=128, devices=1: A.choose(  # noqa: E731
         "auto", S, 512, dq, dv, dtype, platform, devices
@@ -143,6 +211,8 @@ def test_auto_choice():
     assert c(512, "tpu") == c(144, "cpu") == "dense"  # one key block: decode-sized, embedded run
     assert c(513, "tpu") == "splash" and c(4096, "cpu") == "blocked"
     assert c(4096, "tpu", devices=8) == "blocked"  # splash is not partitioned without shard_map
+    with jax.set_mesh(make_mesh((("fsdp", 8),))):
+        assert c(4096, "tpu", devices=8) == "splash"  # ... which a mesh set in the trace gives
     assert c(4096, "gpu") == "cudnn"
     assert c(4096, "gpu", dtype="float32") == c(4096, "gpu", dv=64) == "blocked"
     assert A.choose("blocked", 16, 512, 8, 8, "float32", "cpu") == "blocked"  # explicit wins

@@ -30,6 +30,8 @@ import math
 import jax
 import jax.numpy as jnp
 
+from r1jax import sharding as shd
+
 f32 = jnp.float32
 NEG_INF = -1e30  # finite, so a fully masked row gives a uniform softmax instead of NaN
 IMPLEMENTATIONS = ("auto", "dense", "blocked", "cudnn", "splash")
@@ -40,11 +42,12 @@ def choose(
 ) -> str:
     """The attention path for S keys: `impl` unless it is "auto". Auto: dense while the keys fit
     one key block (the blocked loop would do the same work with more steps; this covers decode-
-    sized and the embedded run's rows), else splash on a single TPU device (a Pallas kernel is
-    not partitioned by XLA: on a sharded mesh it needs shard_map, which the model's pure forward
-    does not set up), cuDNN on GPU for bf16/fp16 with equal q/v head sizes of at most 128 (what
-    its flash kernel takes; JAX partitions it), else blocked (pure JAX, partitioned like any
-    other op)."""
+    sized and the embedded run's rows), else splash on TPU: on one device, or on several when a
+    mesh is set in the trace context (jax.set_mesh; moe.in_expert_mesh sets it for the jitted
+    steps), since a Pallas kernel is not partitioned by XLA and runs in shard_map over that
+    mesh (without one: blocked); cuDNN on GPU for bf16/fp16 with equal q/v head sizes of at
+    most 128 (what its flash kernel takes; JAX partitions it), else blocked (pure JAX,
+    partitioned like any other op)."""
     if impl != "auto":
         return impl
     if S <= block_kv:
@@ -52,7 +55,8 @@ def choose(
     platform = platform or jax.default_backend()
     devices = jax.device_count() if devices is None else devices
     if platform == "tpu":
-        return "splash" if devices == 1 else "blocked"
+        sharded = not jax.sharding.get_abstract_mesh().empty  # splash_sharded's shard_map
+        return "splash" if devices == 1 or sharded else "blocked"
     low = jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16)
     if platform in ("gpu", "cuda") and low and dq == dv and dq <= 128 and dq % 8 == 0:
         return "cudnn"
@@ -277,7 +281,8 @@ def cudnn(
 def splash(q_NTHh, k_NSKh, v_NSKv, seg_NT, *, scale=None, bq, bk, interpret=False):
     """TPU splash attention (Pallas): causal, segment ids in the kernel, one kv head shared by
     its r query heads (the MQA kernel per kv head). T is padded to a multiple of the blocks
-    with segment 0. Runs per device: on a sharded mesh call it inside shard_map."""
+    with segment 0. Runs per device on the shapes it is given: under a mesh call it through
+    `splash_sharded`. interpret=True: Pallas' interpreter (any backend, slow)."""
     # TPU-only kernels, imported when splash runs (Pallas TPU is not needed elsewhere).
     from jax.experimental.pallas.ops.tpu.splash_attention import (
         splash_attention_kernel as sk,
@@ -318,6 +323,28 @@ def splash(q_NTHh, k_NSKh, v_NSKv, seg_NT, *, scale=None, bq, bk, interpret=Fals
     return _padding_rows(o.transpose(0, 3, 1, 2, 4).reshape(n, Tp, H, -1)[:, :T], seg_NT, v_NSKv)
 
 
+def splash_sharded(q_NTHh, k_NSKh, v_NSKv, seg_NT, **kw):
+    """`splash` on every device's own rows and heads when a mesh is set in the trace context
+    (jax.set_mesh), else `splash` itself. XLA does not partition a Pallas kernel, so it runs in
+    shard_map: rows split over the mesh axes that split the batch, heads over "tensor" when the
+    kv heads divide by it (the r query heads of a kv head stay with it), else every device has
+    all heads; an axis that does not divide stays replicated (sharding.logical_to_spec)."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty:
+        return splash(q_NTHh, k_NSKh, v_NSKv, seg_NT, **kw)
+    P = jax.sharding.PartitionSpec
+    rows, _, heads, _ = shd.logical_to_spec(("batch", None, "kv_heads", None), k_NSKh.shape, mesh)
+    qkv, seg = P(rows, None, heads, None), P(rows, None)
+    # check_vma=False: the kernel's outputs carry no varying-axes types; every input is split
+    # exactly as the output is (or replicated), so no collective is needed.
+    return jax.shard_map(
+        functools.partial(splash, **kw),
+        in_specs=(qkv, qkv, qkv, seg),
+        out_specs=qkv,
+        check_vma=False,
+    )(q_NTHh, k_NSKh, v_NSKv, seg_NT)
+
+
 # ----------------------------------------------------------------------------------------------
 # The model's entry point
 
@@ -348,5 +375,6 @@ def chunk_attention(seg_q_NT, seg_k_NS, q_offset, cfg, dq: int, dv: int, scale=N
         return lambda q, k, v: cudnn(q, k, v, sq, sk, scale=scale, q_offset=off)
     if impl == "splash":
         kw = dict(scale=scale, bq=cfg.attention_block_q, bk=cfg.attention_block_kv)
-        return lambda q, k, v: splash(q, k, v, sq, **kw)
+        kw["interpret"] = jax.default_backend() != "tpu"  # the same wiring, in Pallas' interpreter
+        return lambda q, k, v: splash_sharded(q, k, v, sq, **kw)
     raise ValueError(f"ModelConfig.attention={impl!r}; expected one of {IMPLEMENTATIONS}")

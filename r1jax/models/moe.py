@@ -200,12 +200,17 @@ def expert_parallelism() -> int:
 def in_expert_mesh(fn, shardings):
     """fn called under jax.set_mesh(mesh) when the mesh of `shardings` (a pytree holding
     NamedShardings) has an "expert" axis > 1, so that routed_experts traces the expert-parallel
-    path; a jit traced without a mesh set leaves the expert-sharded weights to GSPMD instead
-    (the same result, with whatever communication it picks). Any other fn is unchanged."""
+    path (a jit traced without a mesh set leaves the expert-sharded weights to GSPMD instead:
+    the same result, with whatever communication it picks), or is a TPU mesh of several
+    devices, so that attention may take splash in shard_map (attention.splash_sharded; XLA
+    does not partition the kernel). Any other fn is unchanged."""
     named = [s for s in jax.tree.leaves(shardings) if isinstance(s, jax.sharding.NamedSharding)]
-    if not named or named[0].mesh.shape.get("expert", 1) == 1:
+    if not named:
         return fn
     mesh = named[0].mesh
+    splash = mesh.size > 1 and mesh.devices.flat[0].platform == "tpu"
+    if mesh.shape.get("expert", 1) == 1 and not splash:
+        return fn
 
     @functools.wraps(fn)
     def call(*args, **kwargs):
