@@ -1,5 +1,6 @@
 """Self-attention over full sequences: a dense reference, a blocked (flash-style) path in pure
-JAX, and the platform kernels (cuDNN on GPU, splash on TPU), chosen in one place (`choose`).
+JAX, and the platform kernels (cuDNN on GPU, splash on TPU: in shard_map under a mesh),
+chosen in one place (`choose`).
 
 All paths share one masking rule (`dense_mask`): a query sees a key when the key is not after
 it in the row (causal), both carry the same segment id, and the key's id is not 0 (padding).
@@ -351,7 +352,9 @@ def splash_sharded(q_NTHh, k_NSKh, v_NSKv, seg_NT, **kw):
 
 def self_attention(segment_ids_NT, cfg, dq: int, dv: int, scale: float | None = None):
     """fn(q, k, v) -> [N,T,H,Dv] for one forward pass over rows with these segment ids; the path
-    is chosen here, once, from cfg.attention and the shapes (and the dense mask built once)."""
+    is chosen here, once, from cfg.attention and the shapes (and the dense mask built once).
+    Splash runs in shard_map over the mesh set in the trace context if any (splash_sharded;
+    moe.in_expert_mesh sets it for the jitted steps on a TPU mesh); off TPU, interpreted."""
     return chunk_attention(segment_ids_NT, segment_ids_NT, None, cfg, dq, dv, scale)
 
 

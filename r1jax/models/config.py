@@ -53,7 +53,8 @@ class ModelConfig:
     unroll_decode: bool = False
     # Full-sequence attention (training, scoring, prefill): "auto" | "dense" | "blocked" |
     # "cudnn" | "splash" (r1jax/models/attention.py). auto: dense while the sequence fits one
-    # key block, else splash on one TPU device, cuDNN on GPU where it applies, else blocked.
+    # key block, else splash on TPU (one device, or in shard_map under a mesh set with
+    # jax.set_mesh), cuDNN on GPU where it applies, else blocked.
     attention: str = "auto"
     attention_block_q: int = 512  # query rows per block (blocked, splash)
     attention_block_kv: int = 512  # keys per block; also auto's dense limit
