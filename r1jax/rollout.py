@@ -19,7 +19,6 @@ import numpy as np
 from r1jax import continuous, distributed, sampling
 from r1jax import sharding as shd
 from r1jax.errors import ConfigError
-from r1jax.models import moe
 from r1jax.rewards import RewardPool, RewardStack
 
 
@@ -157,7 +156,7 @@ def _sampler(cfg, s, group_size: int, out_shardings):
         return decode(params, tokens, mask, key, cfg=cfg, s=s, group_size=group_size)
 
     # MoE: the expert-parallel dispatch when the mesh has an expert axis (moe.routed_experts)
-    return moe.in_expert_mesh(jax.jit(run, out_shardings=dict(out_shardings)), out_shardings)
+    return shd.under_mesh(jax.jit(run, out_shardings=dict(out_shardings)), out_shardings)
 
 
 def host_key(key) -> np.ndarray:

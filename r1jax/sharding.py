@@ -14,6 +14,7 @@ tokens of its expert group and runs its own experts: r1jax/models/moe.py).
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 
@@ -121,3 +122,26 @@ def batch_sharding(mesh: Mesh, ndim: int, batch: int | None = None) -> NamedShar
 def batch_divisor(mesh: Mesh) -> int:
     """Batch sizes must be a multiple of this to be split over the mesh's batch axes."""
     return mesh.shape["data"] * mesh.shape["fsdp"] * mesh.shape["expert"]
+
+
+def under_mesh(fn, shardings):
+    """fn called under jax.set_mesh(mesh) when the mesh of `shardings` (a pytree holding
+    NamedShardings) has an "expert" axis > 1, so that moe.routed_experts traces the expert-parallel
+    path (a jit traced without a mesh set leaves the expert-sharded weights to GSPMD instead:
+    the same result, with whatever communication it picks), or is a TPU mesh of several
+    devices, so that attention may take splash in shard_map (attention.splash_sharded; XLA
+    does not partition the kernel). Any other fn is unchanged."""
+    named = [s for s in jax.tree.leaves(shardings) if isinstance(s, jax.sharding.NamedSharding)]
+    if not named:
+        return fn
+    mesh = named[0].mesh
+    splash = mesh.size > 1 and mesh.devices.flat[0].platform == "tpu"
+    if mesh.shape.get("expert", 1) == 1 and not splash:
+        return fn
+
+    @functools.wraps(fn)
+    def call(*args, **kwargs):
+        with jax.set_mesh(mesh):
+            return fn(*args, **kwargs)
+
+    return call

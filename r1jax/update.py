@@ -36,7 +36,6 @@ from r1jax import distributed, optim
 from r1jax import sharding as shd
 from r1jax.data import DataIterator
 from r1jax.errors import ConfigError
-from r1jax.models import moe
 from r1jax.rl import losses
 
 f32 = jnp.float32
@@ -280,7 +279,7 @@ def make_train_step(
         out_shardings=(state_shardings, None),
         donate_argnums=(0,),
     )
-    return moe.in_expert_mesh(jitted, state_shardings)  # MoE: expert-parallel dispatch
+    return shd.under_mesh(jitted, state_shardings)  # expert-parallel MoE; splash on a TPU mesh
 
 
 def make_scorer(
@@ -315,4 +314,4 @@ def make_scorer(
         in_shardings=(param_shardings, batch_shardings, *arg_shardings),
         out_shardings=out,
     )
-    return moe.in_expert_mesh(jitted, param_shardings)  # MoE: expert-parallel dispatch
+    return shd.under_mesh(jitted, param_shardings)  # expert-parallel MoE; splash on a TPU mesh

@@ -85,7 +85,7 @@ def _logits(mesh, p_sh, place, r):
     """Logits of the rows, jitted like the scorer (the mesh set for the MoE layers)."""
     tok_sh = shd.named_sharding(("batch", None), (ROWS, PROMPT + NEW), mesh)
     fwd = jax.jit(tfm.logits, static_argnums=3, in_shardings=(p_sh, tok_sh, tok_sh))
-    fwd = moe.in_expert_mesh(fwd, p_sh)
+    fwd = shd.under_mesh(fwd, p_sh)
     shape = (ROWS, PROMPT + NEW)
     tok, attn = (distributed.global_array(r[k], tok_sh, shape) for k in ("tokens", "attn"))
     return distributed.fetch(fwd(place(), tok, attn, CFG))

@@ -44,7 +44,7 @@ def choose(
     """The attention path for S keys: `impl` unless it is "auto". Auto: dense while the keys fit
     one key block (the blocked loop would do the same work with more steps; this covers decode-
     sized and the embedded run's rows), else splash on TPU: on one device, or on several when a
-    mesh is set in the trace context (jax.set_mesh; moe.in_expert_mesh sets it for the jitted
+    mesh is set in the trace context (jax.set_mesh; sharding.under_mesh sets it for the jitted
     steps), since a Pallas kernel is not partitioned by XLA and runs in shard_map over that
     mesh (without one: blocked); cuDNN on GPU for bf16/fp16 with equal q/v head sizes of at
     most 128 (what its flash kernel takes; JAX partitions it), else blocked (pure JAX,
@@ -355,7 +355,7 @@ def self_attention(segment_ids_NT, cfg, dq: int, dv: int, scale: float | None = 
     """fn(q, k, v) -> [N,T,H,Dv] for one forward pass over rows with these segment ids; the path
     is chosen here, once, from cfg.attention and the shapes (and the dense mask built once).
     Splash runs in shard_map over the mesh set in the trace context if any (splash_sharded;
-    moe.in_expert_mesh sets it for the jitted steps on a TPU mesh); off TPU, interpreted."""
+    sharding.under_mesh sets it for the jitted steps on a TPU mesh); off TPU, interpreted."""
     return chunk_attention(segment_ids_NT, segment_ids_NT, None, cfg, dq, dv, scale)
 
 

@@ -27,7 +27,7 @@ static buffers per destination: dropless they must hold the worst case (all of a
 assignments to one device), so they are as large as the gather form's; only a capacity factor
 makes them smaller (and drops what does not fit). jax.lax.ragged_all_to_all, which would send
 only the real rows, exists in jax 0.10.2 but XLA:CPU does not implement it. The update
-builder's and the rollout sampler's jitted functions set their mesh (in_expert_mesh).
+builder's and the rollout sampler's jitted functions set their mesh (sharding.under_mesh).
 Balancing: update_router_bias / balancing_hook (after each optimizer step, from the step's
 loads), sequence_balance_loss (optional auxiliary loss). GRPO: routing replay (moe_ffn's
 replay_NTK) and `disagreement`.
@@ -195,29 +195,6 @@ def expert_parallelism() -> int:
     if mesh.empty or "expert" not in mesh.axis_names:
         return 1
     return mesh.shape["expert"]
-
-
-def in_expert_mesh(fn, shardings):
-    """fn called under jax.set_mesh(mesh) when the mesh of `shardings` (a pytree holding
-    NamedShardings) has an "expert" axis > 1, so that routed_experts traces the expert-parallel
-    path (a jit traced without a mesh set leaves the expert-sharded weights to GSPMD instead:
-    the same result, with whatever communication it picks), or is a TPU mesh of several
-    devices, so that attention may take splash in shard_map (attention.splash_sharded; XLA
-    does not partition the kernel). Any other fn is unchanged."""
-    named = [s for s in jax.tree.leaves(shardings) if isinstance(s, jax.sharding.NamedSharding)]
-    if not named:
-        return fn
-    mesh = named[0].mesh
-    splash = mesh.size > 1 and mesh.devices.flat[0].platform == "tpu"
-    if mesh.shape.get("expert", 1) == 1 and not splash:
-        return fn
-
-    @functools.wraps(fn)
-    def call(*args, **kwargs):
-        with jax.set_mesh(mesh):
-            return fn(*args, **kwargs)
-
-    return call
 
 
 def matmul_form(cfg: ModelConfig) -> str:
