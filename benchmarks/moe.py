@@ -3,9 +3,12 @@ the MoE layer's time spent outside the expert matmuls (routing, sort, gather, sc
 
 Dense: the `tiny` shapes (D=256, L=4, F=1024). MoE: the same with every MLP replaced by 8
 routed experts of F=512, top-2 (2 x 512 = the dense F), DeepSeek-V3 routing (sigmoid, bias).
-Timed: jit(value_and_grad) of the summed next-token log-prob over [N, T] tokens. Dispatch
-share: one MoE layer's forward (moe.moe_ffn) against the same three matmuls on pre-sorted,
-equally sized groups (jax.lax.ragged_dot alone), over N*T tokens. Best of --repeats.
+Timed: jit(value_and_grad) of the summed next-token log-prob over [N, T] tokens, with each
+grouped-matmul form (ModelConfig.expert_matmul: ragged = jax.lax.ragged_dot, blocked = expert
+runs padded to whole blocks and one batched matmul). Dispatch share: one MoE layer's forward
+(moe.moe_ffn) against the same three matmuls on pre-sorted, equally sized groups (ragged_dot
+alone, and a batched einsum over the equal groups: what an ideal grouped matmul costs), over
+N*T tokens. Best of --repeats.
 
     python benchmarks/moe.py            # appends a section to benchmarks/RESULTS.md
     python benchmarks/moe.py --no-write
@@ -28,6 +31,8 @@ import jax.numpy as jnp
 from r1jax.models import moe
 from r1jax.models import transformer as tfm
 from r1jax.models.config import get_preset
+
+FORMS = ("ragged", "blocked")  # ModelConfig.expert_matmul
 
 
 def best(fn, repeats):
@@ -56,22 +61,33 @@ def train_seconds(cfg, n, t, repeats):
 
 
 def dispatch_share(cfg, tokens, repeats):
+    """(layer forward s per form, ragged_dot matmuls alone s, equal-group einsum matmuls s)."""
     key = jax.random.PRNGKey(0)
     lp = jax.tree.map(lambda a: a[0], tfm.init_params(cfg, key)["moe_layers"])
     x = jax.random.normal(key, (1, tokens, cfg.d_model))
-    full = jax.jit(lambda x: moe.moe_ffn(x, lp, cfg)[0])
-    a = tokens * cfg.n_experts_per_tok
-    sizes = jnp.full((cfg.n_experts,), a // cfg.n_experts, jnp.int32)
+    t_full = {}
+    for form in FORMS:
+        c = cfg.replace(expert_matmul=form)
+        full = jax.jit(lambda x, c=c: moe.moe_ffn(x, lp, c)[0])
+        t_full[form] = best(lambda full=full: full(x), repeats)
+    a, E = tokens * cfg.n_experts_per_tok, cfg.n_experts
+    sizes = jnp.full((E,), a // E, jnp.int32)
     xs = jax.random.normal(key, (a, cfg.d_model))
 
     @jax.jit
-    def matmuls(xs):
+    def ragged(xs):
         h = jax.nn.silu(jax.lax.ragged_dot(xs, lp["we_gate"], sizes))
         h = h * jax.lax.ragged_dot(xs, lp["we_up"], sizes)
         return jax.lax.ragged_dot(h, lp["we_down"], sizes)
 
-    t_full, t_mm = best(lambda: full(x), repeats), best(lambda: matmuls(xs), repeats)
-    return t_full, t_mm
+    @jax.jit
+    def grouped(xs):
+        x_ECD = xs.reshape(E, a // E, -1)
+        h = jax.nn.silu(jnp.einsum("ecd,edf->ecf", x_ECD, lp["we_gate"]))
+        h = h * jnp.einsum("ecd,edf->ecf", x_ECD, lp["we_up"])
+        return jnp.einsum("ecf,efd->ecd", h, lp["we_down"])
+
+    return t_full, best(lambda: ragged(xs), repeats), best(lambda: grouped(xs), repeats)
 
 
 def main():
@@ -88,13 +104,14 @@ def main():
     )  # fmt: skip
     toks = args.n * args.t
     rows = []
-    for name, cfg in (("dense", dense), ("moe", sparse)):
+    models = [("dense", dense)] + [(f"moe, {f}", sparse.replace(expert_matmul=f)) for f in FORMS]
+    for name, cfg in models:
         s = train_seconds(cfg, args.n, args.t, args.repeats)
         rows.append(
             f"| {name} | {tfm.count_params(cfg):,} | {tfm.count_active_params(cfg):,} | "
             f"{s * 1e3:.1f} | {toks / s:,.0f} |"
         )
-    t_full, t_mm = dispatch_share(sparse, toks, args.repeats)
+    t_full, t_ragged, t_grouped = dispatch_share(sparse, toks, args.repeats)
     device = jax.devices()[0]
     text = "\n".join(
         [
@@ -110,9 +127,13 @@ def main():
             "|---|---|---|---|---|",
             *rows,
             "",
-            f"One MoE layer forward over {toks} tokens: {t_full * 1e3:.2f} ms; the expert "
-            f"matmuls alone (ragged_dot on pre-sorted tokens): {t_mm * 1e3:.2f} ms; routing + "
-            f"sort + gather + scatter share: {max(0.0, 1 - t_mm / t_full):.0%}.",
+            f"One MoE layer forward over {toks} tokens: "
+            + ", ".join(f"{f} {t * 1e3:.2f} ms" for f, t in t_full.items())
+            + f". The expert matmuls alone on pre-sorted equal groups: ragged_dot "
+            f"{t_ragged * 1e3:.2f} ms, a batched einsum {t_grouped * 1e3:.2f} ms. Time outside "
+            f"the matmuls (routing, sort, gather, scatter, block padding) with ragged_dot: "
+            f"{max(0.0, 1 - t_ragged / t_full['ragged']):.0%}; blocked against the einsum: "
+            f"{max(0.0, 1 - t_grouped / t_full['blocked']):.0%}.",
             "",
         ]
     )
