@@ -19,7 +19,9 @@ What is counted (c = bytes of cfg.dtype, p = bytes of cfg.param_dtype):
               slots (Settings.slots, a continuous-batching sampler) the cache is instead
               [L,slots,K,Dh,P+T'] (an upper bound: a group's slots may share the prompt).
   sampler     the rest of the rollout's peak, the larger of the prefill of one layer (B prompts
-              of P tokens, fp32 scores included) and the last decode-phase switch: the previous
+              of P tokens, fp32 scores included; with Settings.prefill_chunk C, C query
+              tokens against the P keys; with prefill_group g, g prompts at a time, lazily in
+              the continuous sampler) and the last decode-phase switch: the previous
               suffix (~T'/2, live while copied into the larger one), three [N,V] fp32 logits
               buffers and the [N,T'] token and log-prob buffers.
   activations the peak of one training micro-batch's forward and backward: n rows per device
@@ -107,12 +109,19 @@ class Settings:
     # Decode slots of a continuous-batching sampler (rows decoded at once, over the whole mesh);
     # 0: the static sampler, which decodes all B*G rows at once.
     slots: int = 0
+    # sampling.prefill_chunk (prompt tokens per prefill forward; 0: the whole prompt) and
+    # sampling.prefill_group (prompts prefilled at once by the continuous sampler; 0: all).
+    prefill_chunk: int = 0
+    prefill_group: int = 0
 
     def __post_init__(self):
         if self.slots < 0:
             raise ValueError(f"Settings.slots must be >= 0, got {self.slots}")
         for f in dataclasses.fields(self):
-            if f.name not in ("beta", "slots") and getattr(self, f.name) <= 0:
+            if f.name in ("prefill_chunk", "prefill_group") and getattr(self, f.name) < 0:
+                raise ValueError(f"Settings.{f.name} must be >= 0, got {getattr(self, f.name)}")
+            skip = ("beta", "slots", "prefill_chunk", "prefill_group")
+            if f.name not in skip and getattr(self, f.name) <= 0:
                 raise ValueError(f"Settings.{f.name} must be positive, got {getattr(self, f.name)}")
 
 
@@ -251,9 +260,11 @@ def _layer_kinds(cfg: ModelConfig) -> list[tuple[int, bool]]:
 
 
 def _layer(
-    cfg: ModelConfig, mesh, n: int, S: int, platform: str = "cpu", moe: bool = False
+    cfg: ModelConfig, mesh, n: int, S: int, platform: str = "cpu", moe: bool = False, keys=None
 ) -> dict[str, int]:
-    """Terms of one (dense or MoE) layer at n rows of length S (see the module docstring)."""
+    """Terms of one (dense or MoE) layer at n rows of S queries attending to `keys` positions
+    (default S: self-attention; a prefill chunk attends to the cache so far) (module docstring)."""
+    K = keys or S
     c = jnp.dtype(cfg.dtype).itemsize
     D, Dh = cfg.d_model, cfg.head_dim
     hq, kt = _local("q_heads", cfg.n_heads, mesh), _local("kv_heads", cfg.n_kv_heads, mesh)
@@ -267,15 +278,15 @@ def _layer(
         group, fe = n * S * mesh.shape["expert"], _local("mlp", cfg.moe_d_ff, mesh)
         routed = group * D * (c + 4) + group * cfg.n_experts_per_tok * (2 * D * c + 3 * fe * c)
     path = attention.choose(
-        cfg.attention, S, cfg.attention_block_kv, Dh, Dh, cfg.dtype, platform, mesh.size
+        cfg.attention, K, cfg.attention_block_kv, Dh, Dh, cfg.dtype, platform, mesh.size
     )
     if path == "dense":
-        att, scores, mask = n * hq * S * S * (4 + c), n * hq * S * S * 4, n * S * S
+        att, scores, mask = n * hq * S * K * (4 + c), n * hq * S * K * 4, n * S * K
     else:  # blocked and the fused kernels: see the module docstring
-        bq, bk = min(cfg.attention_block_q, S), min(cfg.attention_block_kv, S)
+        bq, bk = min(cfg.attention_block_q, S), min(cfg.attention_block_kv, K)
         att = n * S * hq * (Dh * c + 4) + n * S * (hq + 2 * kt) * Dh * c
         scores = 4 * n * hq * bq * bk * 4 + n * S * hq * Dh * 4
-        mask = n * S * S * c if path == "cudnn" else n * S * 4
+        mask = n * S * K * c if path == "cudnn" else n * S * 4
     return {
         "lin": n * S * (3 * D * c + 4 * D + 3 * (hq + kt) * Dh * c + 2 * ft * c) + routed,
         "att": att,
@@ -324,15 +335,25 @@ def sampler_bytes(cfg: ModelConfig, mesh, s: Settings, platform: str = "cpu") ->
     """The rollout's peak besides the KV cache: prefill of one layer, or the last phase switch
     (with decode slots the cache does not grow: the slots' logits and the output buffers)."""
     b, t_pad, c = _local("batch", s.num_prompts, mesh), _t_pad(s), jnp.dtype(cfg.dtype).itemsize
-    pre = [_layer(cfg, mesh, b, s.prompt_len, platform, moe) for _, moe in _layer_kinds(cfg)]
     n = b * s.group_size
     kt = _local("kv_heads", cfg.n_kv_heads, mesh)
     prev = -(-t_pad // 2 // s.decode_chunk) * s.decode_chunk if t_pad > s.decode_chunk else 0
     grow = 2 * cfg.n_layers * n * kt * cfg.head_dim * prev * c
     rows = _local("batch", s.slots, mesh) if s.slots else n
     logits = 3 * rows * _local("vocab", cfg.vocab_size, mesh) * 4
-    prefill = max(p["lin"] + p["att"] + p["scores"] + p["weights"] + p["mask"] for p in pre)
-    return max(prefill, (0 if s.slots else grow) + logits + n * t_pad * 8)
+    switch = (0 if s.slots else grow) + logits + n * t_pad * 8
+    return max(prefill_bytes(cfg, mesh, s, platform), switch)
+
+
+def prefill_bytes(cfg: ModelConfig, mesh, s: Settings, platform: str = "cpu") -> int:
+    """The prefill of one layer: B prompts of P tokens; chunks of C = prefill_chunk queries
+    against the P keys; g = prefill_group prompts at a time (the continuous sampler's lazy
+    prefill). The cache it writes is kv_cache's."""
+    g = min(s.prefill_group or s.num_prompts, s.num_prompts) if s.slots else s.num_prompts
+    P, b = s.prompt_len, max(1, _local("batch", g, mesh))
+    C = min(s.prefill_chunk or P, P)
+    pre = [_layer(cfg, mesh, b, C, platform, moe, P) for _, moe in _layer_kinds(cfg)]
+    return max(p["lin"] + p["att"] + p["scores"] + p["weights"] + p["mask"] for p in pre)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -538,6 +559,8 @@ def settings_of(config) -> Settings:
         vocab_chunk=config.vocab_chunk,
         decode_chunk=s.chunk,
         slots=int(s.get("slots", 0) or 0),
+        prefill_chunk=int(s.get("prefill_chunk", 0) or 0),
+        prefill_group=int(s.get("prefill_group", 0) or 0),
     )
 
 
