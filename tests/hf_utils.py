@@ -214,3 +214,15 @@ __all__ = [
     "save_hf_tokenizer",
     "torch_logits",
 ]
+
+
+def micro_config(**changes):
+    """The unit tests' model: the `tiny` preset at d_model 32, 2 layers, 4 query / 2 kv heads of
+    8 (GQA), MLP 48, vocabulary 61, init_std 0.1; `changes` override any field."""
+    from r1jax.models import get_preset
+
+    base = dict(
+        d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=8, d_ff=48, vocab_size=61,
+        init_std=0.1,
+    )  # fmt: skip
+    return get_preset("tiny", **{**base, **changes})

@@ -5,24 +5,14 @@ import dataclasses
 import jax
 import numpy as np
 import pytest
-from hf_utils import left_padded_batch
+from hf_utils import left_padded_batch, micro_config
 
 from r1jax import continuous, rollout, sampling
 from r1jax import sharding as shd
-from r1jax.models import get_preset, init_params
+from r1jax.models import init_params
 from r1jax.models import transformer as tfm
 
-CFG = get_preset(
-    "tiny",
-    d_model=32,
-    n_layers=2,
-    n_heads=4,
-    n_kv_heads=2,
-    head_dim=8,
-    d_ff=48,
-    vocab_size=61,
-    init_std=0.1,
-)
+CFG = micro_config()
 G = 4
 
 

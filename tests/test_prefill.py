@@ -7,25 +7,15 @@ import dataclasses
 import jax
 import numpy as np
 import pytest
-from hf_utils import left_padded_batch
+from hf_utils import left_padded_batch, micro_config
 
 from r1jax import rollout, sampling
 from r1jax.errors import ConfigError
-from r1jax.models import get_preset, init_params
+from r1jax.models import init_params
 from r1jax.models import transformer as tfm
 from r1jax.models.config import ModelConfig
 
-CFG = get_preset(
-    "tiny",
-    d_model=32,
-    n_layers=2,
-    n_heads=4,
-    n_kv_heads=2,
-    head_dim=8,
-    d_ff=48,
-    vocab_size=61,
-    init_std=0.2,
-)
+CFG = micro_config(init_std=0.2)
 # Left-padded prompts (the sampler's layout) of 7, 3, 12 and 16 tokens in a 16-wide batch.
 LENGTHS = [7, 3, 12, 16]
 

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from hf_utils import micro_config
 
 from r1jax import sampling, update
 from r1jax import sharding as shd
@@ -17,10 +18,7 @@ from r1jax.models import get_preset, init_params
 from r1jax.rl import experience, losses, objective
 from r1jax.stages import grpo
 
-CFG = get_preset(
-    "tiny", d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=8, d_ff=64,
-    vocab_size=61, init_std=0.1,
-)  # fmt: skip
+CFG = micro_config(d_ff=64)
 P, T, N = 8, 6, 16
 
 

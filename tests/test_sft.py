@@ -8,25 +8,16 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from hf_utils import micro_config
 
 from r1jax import sharding as shd
 from r1jax import update
 from r1jax.data import packing, sources
-from r1jax.models import get_preset, init_params, logits
+from r1jax.models import init_params, logits
 from r1jax.models import transformer as tfm
 from r1jax.stages import sft
 
-CFG = get_preset(
-    "tiny",
-    d_model=32,
-    n_layers=2,
-    n_heads=4,
-    n_kv_heads=2,
-    head_dim=8,
-    d_ff=64,
-    vocab_size=53,
-    init_std=0.2,
-)
+CFG = micro_config(d_ff=64, vocab_size=53, init_std=0.2)
 
 
 def _examples(seed=0, n=7):

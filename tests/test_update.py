@@ -10,24 +10,15 @@ import ml_collections
 import numpy as np
 import optax
 import pytest
+from hf_utils import micro_config
 
 from r1jax import sharding as shd
 from r1jax import update
-from r1jax.models import get_preset, init_params
+from r1jax.models import init_params
 from r1jax.optim import make_optimizer
 from r1jax.rl import losses, objective
 
-CFG = get_preset(
-    "tiny",
-    d_model=32,
-    n_layers=2,
-    n_heads=4,
-    n_kv_heads=2,
-    head_dim=8,
-    d_ff=64,
-    vocab_size=61,
-    init_std=0.1,
-)
+CFG = micro_config(d_ff=64)
 P, T, N = 8, 6, 16
 
 
