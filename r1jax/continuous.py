@@ -75,10 +75,8 @@ def generate(
     lazy = 0 < s.prefill_group < B
     store = _Store(params, prompt_tokens_BP, prompt_mask_BP, cfg, s, G, lazy)
     length_B = store.length_B
-    dparams = params  # the decode step's weights: per-layer lists with cfg.unroll_decode
-    if cfg.unroll_decode:
-        layers = [jax.tree.map(lambda a, i=i: a[i], params["layers"]) for i in range(cfg.n_layers)]
-        dparams = {**params, "layers": layers}
+    # the decode step's weights: per-layer lists with cfg.unroll_decode
+    dparams = tfm.unstack_layers(params)[0] if cfg.unroll_decode else params
     slot = jnp.arange(S)
 
     def step(pre, state, _):
@@ -178,9 +176,7 @@ class _Store:
         self.prefix = {"mask": self.mask.astype(bool), "length": self.mask.sum(1)}
 
     def _layers(self, prefix):
-        if not self.cfg.unroll_decode:
-            return prefix
-        return {**prefix, "k": list(prefix["k"]), "v": list(prefix["v"])}
+        return tfm.unstack_prefix(prefix) if self.cfg.unroll_decode else prefix
 
     def _prefill_group(self, tokens, mask):
         h, prefix = sampling.prefill(self.params, tokens, mask, self.cfg, self.s)

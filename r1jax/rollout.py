@@ -155,7 +155,7 @@ def _sampler(cfg, s, group_size: int, out_shardings):
         key = jax.random.wrap_key_data(key_data)
         return decode(params, tokens, mask, key, cfg=cfg, s=s, group_size=group_size)
 
-    # MoE: the expert-parallel dispatch when the mesh has an expert axis (moe.routed_experts)
+    # Traced under the mesh for expert-parallel MoE and splash on a TPU mesh (sharding.under_mesh)
     return shd.under_mesh(jax.jit(run, out_shardings=dict(out_shardings)), out_shardings)
 
 

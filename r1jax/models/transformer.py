@@ -604,17 +604,22 @@ def _decode_attention(q_NHh, prefix_k, prefix_v, prefix_mask, k_NKhS, v_NKSh, va
     return o.reshape(n, 1, H, dh)
 
 
-def unstack_layers(params: Params, prefix: dict) -> tuple[Params, dict]:
-    """Per-layer lists of the stacked layer weights and prefix cache, for an unrolled decode.
+def unstack_layers(params: Params, prefix: dict | None = None) -> tuple[Params, dict | None]:
+    """Per-layer lists of the stacked layer weights and prefix cache (if given), for an unrolled
+    decode.
 
     Sliced once per generation: inside the decode loop, scanning over the stack would copy each
     layer's weights and cache out of it on every step (XLA CPU does not read a dynamic slice in
     place). The suffix cache is made per layer by init_suffix when cfg.unroll_decode is set.
     """
-    L = prefix["k"].shape[0]
+    L = jax.tree.leaves(params["layers"])[0].shape[0]
     layers = [jax.tree.map(lambda a, i=i: a[i], params["layers"]) for i in range(L)]
-    pre = {**prefix, "k": list(prefix["k"]), "v": list(prefix["v"])}
-    return {**params, "layers": layers}, pre
+    return {**params, "layers": layers}, None if prefix is None else unstack_prefix(prefix)
+
+
+def unstack_prefix(prefix: dict) -> dict:
+    """The prefix cache's stacked k, v as per-layer lists (unstack_layers)."""
+    return {**prefix, "k": list(prefix["k"]), "v": list(prefix["v"])}
 
 
 def decode_step(
